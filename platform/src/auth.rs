@@ -1,0 +1,338 @@
+//! Zero-trust identity: every service (and the gateway) verifies bearer
+//! tokens itself — EdDSA signature against the auth service's JWKS (cached,
+//! refreshed on an unknown `kid`), issuer, audience, expiry, and the Redis
+//! denylist of logged-out token ids.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tonic::Status;
+
+pub const ROLE_CUSTOMER: &str = "customer";
+pub const ROLE_ADMIN: &str = "admin";
+
+/// Access token claims.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub roles: Vec<String>,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    /// Refresh-token family this access token was issued with (logout revokes it).
+    #[serde(default)]
+    pub fam: String,
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: String,
+    pub roles: Vec<String>,
+    pub claims: Claims,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    pub fn require_role(&self, role: &str) -> Result<(), Status> {
+        if self.has_role(role) { Ok(()) } else { Err(Status::permission_denied(format!("requires role {role}"))) }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_role(ROLE_ADMIN)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed authorization header")]
+    Malformed,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token revoked")]
+    Revoked,
+    /// Keys or denylist unreachable: verification cannot be completed, so
+    /// the call is refused (never accepted unverified).
+    #[error("cannot verify token right now: {0}")]
+    Unavailable(String),
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unavailable(_) => Status::unavailable(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
+        }
+    }
+}
+
+/// A public signing key as published in the JWKS.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublicJwk {
+    pub kid: String,
+    /// base64url (no padding) Ed25519 public key.
+    pub x: String,
+}
+
+/// Where verifiers get the public keys.
+#[async_trait::async_trait]
+pub trait KeyProvider: Send + Sync {
+    async fn fetch(&self) -> Result<Vec<PublicJwk>, String>;
+}
+
+/// JWKS over HTTP (the auth service serves `/.well-known/jwks.json`).
+pub struct HttpJwks {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpJwks {
+    pub fn new(url: &str) -> Self {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("http client");
+        Self { url: url.to_owned(), client }
+    }
+}
+
+#[derive(Deserialize)]
+struct JwksDocument {
+    keys: Vec<JwksKey>,
+}
+
+#[derive(Deserialize)]
+struct JwksKey {
+    kid: Option<String>,
+    kty: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl KeyProvider for HttpJwks {
+    async fn fetch(&self) -> Result<Vec<PublicJwk>, String> {
+        let doc: JwksDocument = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("fetching {}: {e}", self.url))?
+            .json()
+            .await
+            .map_err(|e| format!("parsing JWKS: {e}"))?;
+        Ok(doc
+            .keys
+            .into_iter()
+            .filter(|k| k.kty.as_deref() == Some("OKP") && k.crv.as_deref() == Some("Ed25519"))
+            .filter_map(|k| Some(PublicJwk { kid: k.kid?, x: k.x? }))
+            .collect())
+    }
+}
+
+/// Redis key of a revoked access token id.
+pub fn denylist_key(prefix: &str, jti: &str) -> String {
+    format!("{prefix}auth:denylist:{jti}")
+}
+
+/// Puts `jti` on the denylist until the token would have expired anyway.
+pub async fn deny(redis: &Client, prefix: &str, jti: &str, until_unix: i64) -> Result<(), fred::error::Error> {
+    let ttl = (until_unix - chrono::Utc::now().timestamp()).max(1);
+    redis.set::<(), _, _>(denylist_key(prefix, jti), "1", Some(Expiration::EX(ttl)), None, false).await
+}
+
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies access tokens. Cheap to share behind an `Arc`.
+pub struct TokenVerifier {
+    provider: Arc<dyn KeyProvider>,
+    validation: Validation,
+    redis: Option<Client>,
+    redis_prefix: String,
+    cache: RwLock<KeyCache>,
+}
+
+/// Unknown `kid`s trigger a refetch at most this often (forged kids can't
+/// make us hammer the auth service).
+const MIN_REFETCH: Duration = Duration::from_secs(5);
+const MAX_KEY_AGE: Duration = Duration::from_secs(300);
+
+impl TokenVerifier {
+    pub fn new(provider: Arc<dyn KeyProvider>, issuer: &str, audience: &str, redis: Option<Client>, redis_prefix: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Self {
+            provider,
+            validation,
+            redis,
+            redis_prefix: redis_prefix.to_owned(),
+            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+        }
+    }
+
+    /// Verifies the value of an `authorization` header ("Bearer <jwt>").
+    pub async fn verify_header(&self, header: &str) -> Result<Principal, AuthError> {
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        self.verify(token).await
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        // decode_header rejects alg "none" and unknown algorithms outright.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("missing kid".into()))?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        let claims = data.claims;
+        if let Some(redis) = &self.redis {
+            let revoked: bool = redis
+                .exists::<u32, _>(denylist_key(&self.redis_prefix, &claims.jti))
+                .await
+                .map(|n| n > 0)
+                .map_err(|e| AuthError::Unavailable(format!("denylist: {e}")))?;
+            if revoked {
+                return Err(AuthError::Revoked);
+            }
+        }
+        Ok(Principal { user_id: claims.sub.clone(), roles: claims.roles.clone(), claims })
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        {
+            let cache = self.cache.read().await;
+            let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < MAX_KEY_AGE);
+            if let Some(k) = cache.keys.get(kid)
+                && fresh
+            {
+                return Ok(k.clone());
+            }
+        }
+        let mut cache = self.cache.write().await;
+        let may_refetch = cache.fetched_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
+        if may_refetch {
+            match self.provider.fetch().await {
+                Ok(keys) => {
+                    cache.keys = keys
+                        .into_iter()
+                        .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid, d)))
+                        .collect();
+                    cache.fetched_at = Some(Instant::now());
+                }
+                // Keep serving the keys we have; fail only if we have none for this kid.
+                Err(e) if cache.keys.contains_key(kid) => tracing::warn!(error = %e, "JWKS refresh failed"),
+                Err(e) => return Err(AuthError::Unavailable(e)),
+            }
+        }
+        cache.keys.get(kid).cloned().ok_or_else(|| AuthError::Invalid("unknown signing key".into()))
+    }
+}
+
+/// Access to the caller of a tonic request.
+pub trait RequestAuthExt {
+    /// The verified caller, or `Unauthenticated` when no token was sent.
+    fn principal(&self) -> Result<&Principal, Status>;
+}
+
+impl<T> RequestAuthExt for tonic::Request<T> {
+    fn principal(&self) -> Result<&Principal, Status> {
+        self.extensions().get::<Principal>().ok_or_else(|| Status::unauthenticated("missing bearer token"))
+    }
+}
+
+/// Tower layer for tonic servers: a request carrying `authorization` is
+/// verified (bad token → `Unauthenticated` before any handler runs) and its
+/// [`Principal`] put in the request extensions. Requests without a token pass
+/// through; handlers of protected RPCs call [`RequestAuthExt::principal`].
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Option<Arc<TokenVerifier>>,
+}
+
+impl AuthLayer {
+    /// Without a verifier every token is refused (nothing is accepted unverified).
+    pub fn new(verifier: Option<Arc<TokenVerifier>>) -> Self {
+        Self { verifier }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, verifier: self.verifier.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    verifier: Option<Arc<TokenVerifier>>,
+}
+
+impl<S, B, ResB> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    ResB: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The ready inner service is used for this call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
+            match header {
+                None => {}
+                Some(Err(_)) => return Ok(Status::unauthenticated("malformed authorization header").into_http()),
+                Some(Ok(_)) if verifier.is_none() => {
+                    return Ok(Status::unauthenticated("token verification is not configured (JWKS_URL)").into_http());
+                }
+                Some(Ok(value)) => match verifier.as_ref().expect("checked above").verify_header(&value).await {
+                    Ok(principal) => {
+                        tracing::Span::current().record("user_id", principal.user_id.as_str());
+                        req.extensions_mut().insert(principal);
+                    }
+                    Err(e) => return Ok(Status::from(e).into_http()),
+                },
+            }
+            inner.call(req).await
+        })
+    }
+}

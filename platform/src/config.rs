@@ -1,0 +1,312 @@
+//! Configuration: read once at start from the environment and an optional
+//! TOML file, with an error that names the missing or invalid variable.
+//!
+//! A setting `KEY` for service `svc` is looked up, first match wins, as:
+//! explicit override (tests, `shopmesh dev`) → env `SHOPMESH_SVC_KEY` →
+//! env `SHOPMESH_KEY` → file `[svc] KEY` → file top-level `KEY` → default.
+//! The file is named by `SHOPMESH_CONFIG_FILE`.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing required setting {var}{}", alt.as_ref().map(|a| format!(" (or {a})")).unwrap_or_default())]
+    Missing { var: String, alt: Option<String> },
+    #[error("invalid value {value:?} for {var}: {reason}")]
+    Invalid { var: String, value: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// Where settings come from. Cheap to clone; `scoped` gives a per-service view.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    scope: Option<String>,
+    overrides: BTreeMap<String, String>,
+    file: BTreeMap<String, toml::Value>,
+    use_env: bool,
+}
+
+impl ConfigSource {
+    /// Environment plus the file named by `SHOPMESH_CONFIG_FILE`, if any.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut source = Self { use_env: true, ..Self::default() };
+        if let Ok(path) = std::env::var("SHOPMESH_CONFIG_FILE") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
+            source.file = table.into_iter().collect();
+        }
+        Ok(source)
+    }
+
+    /// Only explicit values; the environment is ignored (tests).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        let mut source = Self::default();
+        for (k, v) in pairs {
+            source.overrides.insert(k.into(), v.into());
+        }
+        source
+    }
+
+    /// Sets a value that wins over every other source.
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.overrides.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets a value only if no source provides one (dev defaults).
+    pub fn set_default(mut self, key: &str, value: impl Into<String>) -> Self {
+        if self.get(key).is_none() {
+            self.overrides.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// A view in which lookups prefer the service-scoped variables.
+    pub fn scoped(&self, service: &str) -> Self {
+        Self { scope: Some(service.to_owned()), ..self.clone() }
+    }
+
+    fn scoped_key(&self, key: &str) -> Option<String> {
+        self.scope.as_ref().map(|s| format!("{}.{key}", s))
+    }
+
+    fn env_names(&self, key: &str) -> (String, Option<String>) {
+        let global = format!("SHOPMESH_{key}");
+        let scoped = self
+            .scope
+            .as_ref()
+            .map(|s| format!("SHOPMESH_{}_{key}", s.to_uppercase().replace('-', "_")));
+        (global, scoped)
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.scoped_key(key).and_then(|k| self.overrides.get(&k)) {
+            return Some(v.clone());
+        }
+        if let Some(v) = self.overrides.get(key) {
+            return Some(v.clone());
+        }
+        if self.use_env {
+            let (global, scoped) = self.env_names(key);
+            if let Some(v) = scoped.and_then(|n| std::env::var(n).ok()) {
+                return Some(v);
+            }
+            if let Ok(v) = std::env::var(&global) {
+                return Some(v);
+            }
+        }
+        let from_file = |v: &toml::Value| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let Some(scope) = &self.scope
+            && let Some(toml::Value::Table(t)) = self.file.get(scope)
+            && let Some(v) = t.get(key)
+        {
+            return Some(from_file(v));
+        }
+        self.file.get(key).map(from_file)
+    }
+
+    pub fn require(&self, key: &str) -> Result<String, ConfigError> {
+        self.get(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+            let (global, scoped) = self.env_names(key);
+            ConfigError::Missing { var: global, alt: scoped }
+        })
+    }
+
+    /// Parses `key` if set, else returns `default`.
+    pub fn parse_or<T>(&self, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => self.parse_value(key, &v),
+        }
+    }
+
+    pub fn parse_required<T>(&self, key: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let v = self.require(key)?;
+        self.parse_value(key, &v)
+    }
+
+    fn parse_value<T>(&self, key: &str, v: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        v.trim().parse::<T>().map_err(|e| ConfigError::Invalid {
+            var: self.env_names(key).0,
+            value: v.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A duration given in milliseconds under `key`.
+    pub fn millis_or(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(self.parse_or(key, default.as_millis() as u64)?))
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key).as_deref().map(str::trim) {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError::Invalid {
+                var: self.env_names(key).0,
+                value: v.to_owned(),
+                reason: "expected true or false".into(),
+            }),
+        }
+    }
+}
+
+/// What a service needs from the outside world; decides which settings are required.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    pub postgres: bool,
+    pub redis: bool,
+    pub kafka: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key this process writes (tests isolate with it).
+    pub key_prefix: String,
+    pub command_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Prefix of every topic and consumer group (tests isolate with it).
+    pub topic_prefix: String,
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Attempts before a failing message goes to `<topic>.dlq`.
+    pub max_attempts: u32,
+}
+
+impl KafkaConfig {
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
+    pub fn group(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+}
+
+/// Settings every service process has.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub grpc_addr: SocketAddr,
+    /// Serves `/health/live`, `/health/ready` and `/metrics`.
+    pub http_addr: SocketAddr,
+    pub database_url: Option<String>,
+    pub db_max_connections: u32,
+    pub redis: Option<RedisConfig>,
+    pub kafka: Option<KafkaConfig>,
+    /// How long in-flight work may take to drain after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Where this service and the gateway fetch the auth service's JWKS.
+    pub jwks_url: Option<String>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub source: ConfigSource,
+}
+
+impl ServiceConfig {
+    /// Reads the settings of service `name` from `source` (already scoped or not).
+    pub fn load(name: &str, source: &ConfigSource, needs: Needs) -> Result<Self, ConfigError> {
+        let s = source.scoped(name);
+        let database_url = if needs.postgres { Some(s.require("DATABASE_URL")?) } else { s.get("DATABASE_URL") };
+        let redis = if needs.redis {
+            Some(RedisConfig {
+                url: s.require("REDIS_URL")?,
+                key_prefix: s.get("REDIS_KEY_PREFIX").unwrap_or_default(),
+                command_timeout: s.millis_or("REDIS_TIMEOUT_MS", Duration::from_millis(500))?,
+            })
+        } else {
+            None
+        };
+        let kafka = if needs.kafka {
+            Some(KafkaConfig {
+                brokers: s.require("KAFKA_BROKERS")?,
+                topic_prefix: s.get("KAFKA_TOPIC_PREFIX").unwrap_or_default(),
+                session_timeout: s.millis_or("KAFKA_SESSION_TIMEOUT_MS", Duration::from_millis(10_000))?,
+                heartbeat_interval: s.millis_or("KAFKA_HEARTBEAT_MS", Duration::from_millis(3_000))?,
+                max_attempts: s.parse_or("KAFKA_MAX_ATTEMPTS", 5)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            grpc_addr: s.parse_or("GRPC_ADDR", "0.0.0.0:50051".parse().unwrap())?,
+            http_addr: s.parse_or("HTTP_ADDR", "0.0.0.0:9090".parse().unwrap())?,
+            database_url,
+            db_max_connections: s.parse_or("DB_MAX_CONNECTIONS", 10)?,
+            redis,
+            kafka,
+            shutdown_grace: s.millis_or("SHUTDOWN_GRACE_MS", Duration::from_secs(20))?,
+            jwks_url: s.get("JWKS_URL"),
+            jwt_issuer: s.get("JWT_ISSUER").unwrap_or_else(|| "shopmesh-auth".into()),
+            jwt_audience: s.get("JWT_AUDIENCE").unwrap_or_else(|| "shopmesh".into()),
+            source: s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoped_override_wins_over_global() {
+        let src = ConfigSource::from_pairs([("DATABASE_URL", "postgres://global"), ("catalog.DATABASE_URL", "postgres://cat")]);
+        assert_eq!(src.scoped("catalog").get("DATABASE_URL").unwrap(), "postgres://cat");
+        assert_eq!(src.scoped("cart").get("DATABASE_URL").unwrap(), "postgres://global");
+    }
+
+    #[test]
+    fn missing_setting_names_the_variable() {
+        let err = ServiceConfig::load("catalog", &ConfigSource::default(), Needs { postgres: true, ..Needs::default() })
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("SHOPMESH_DATABASE_URL"), "{msg}");
+        assert!(msg.contains("SHOPMESH_CATALOG_DATABASE_URL"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_setting_names_variable_and_value() {
+        let src = ConfigSource::from_pairs([("GRPC_ADDR", "not-an-addr")]);
+        let msg = ServiceConfig::load("user", &src, Needs::default()).unwrap_err().to_string();
+        assert!(msg.contains("SHOPMESH_GRPC_ADDR") && msg.contains("not-an-addr"), "{msg}");
+    }
+
+    #[test]
+    fn file_scoped_section_is_read() {
+        let mut src = ConfigSource::default();
+        let table: toml::Table = "GRPC_ADDR = \"127.0.0.1:1\"\n[order]\nGRPC_ADDR = \"127.0.0.1:2\"\n".parse().unwrap();
+        src.file = table.into_iter().collect();
+        assert_eq!(src.scoped("order").get("GRPC_ADDR").unwrap(), "127.0.0.1:2");
+        assert_eq!(src.scoped("cart").get("GRPC_ADDR").unwrap(), "127.0.0.1:1");
+    }
+}

@@ -1,0 +1,247 @@
+//! The consumer loop every service uses: receive → decode envelope → inbox
+//! check and handler effect in ONE transaction → commit the offset. A message
+//! that keeps failing goes to `<topic>.dlq` with the error recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::FutureRecord;
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+
+use crate::events::{EventDecodeError, ReceivedEvent};
+use crate::kafka::{Kafka, topics};
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another attempt (database hiccup, dependency down).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will never succeed (malformed payload, broken invariant): dead-letter now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+}
+
+impl From<EventDecodeError> for HandlerError {
+    fn from(e: EventDecodeError) -> Self {
+        HandlerError::Permanent(e.to_string())
+    }
+}
+
+/// What a service does with the events it consumes.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Event types this handler applies; others are acknowledged untouched.
+    fn wants(&self, event_type: &str) -> bool;
+
+    /// Applies the event inside `tx`. The inbox row is already written in the
+    /// same transaction; returning an error rolls both back.
+    async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError>;
+}
+
+/// One consumer group of one service.
+pub struct EventConsumer {
+    /// Logical group name, also the inbox's consumer name, e.g. "inventory".
+    pub name: String,
+    pub topics: Vec<&'static str>,
+    pub handler: Arc<dyn EventHandler>,
+}
+
+enum Outcome {
+    Applied,
+    Duplicate,
+    Skipped,
+    DeadLettered,
+    /// Shutdown interrupted retries: leave the offset so it is redelivered.
+    Interrupted,
+}
+
+impl EventConsumer {
+    pub async fn run(self, pool: PgPool, kafka: Kafka, shutdown: Shutdown) {
+        let consumer = loop {
+            match kafka.consumer(&self.name, &self.topics) {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(consumer = %self.name, error = %e, "creating consumer failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.wait() => break,
+                msg = consumer.recv() => msg,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let owned = msg.detach();
+            match self.process(&pool, &kafka, &owned, &shutdown).await {
+                Outcome::Interrupted => break,
+                _ => {
+                    if let Err(e) = consumer.store_offset_from_message(&msg) {
+                        tracing::warn!(error = %e, "storing offset failed");
+                    }
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(consumer = %self.name, error = %e, "final offset commit");
+        }
+        close(consumer).await;
+    }
+
+    async fn process(&self, pool: &PgPool, kafka: &Kafka, msg: &OwnedMessage, shutdown: &Shutdown) -> Outcome {
+        let payload = msg.payload().unwrap_or_default();
+        let event = match ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()) {
+            Ok(e) => e,
+            Err(e) => return self.dead_letter(kafka, msg, &e.to_string(), 1, shutdown).await,
+        };
+        if !self.handler.wants(event.event_type()) {
+            return Outcome::Skipped;
+        }
+        let span = tracing::info_span!(
+            "kafka.consume",
+            otel.name = %format!("{} process", event.event_type()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.destination.name = %msg.topic(),
+            messaging.message.id = %event.event_id,
+            consumer = %self.name,
+            event_type = %event.event_type(),
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::MapCarrier(&event.trace_headers()));
+        let started = Instant::now();
+        let outcome = self.process_with_retries(pool, kafka, msg, &event, shutdown).instrument(span).await;
+        let label = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Interrupted => "interrupted",
+        };
+        metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "type" => event.event_type().to_owned(), "outcome" => label).increment(1);
+        metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone()).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn process_with_retries(
+        &self,
+        pool: &PgPool,
+        kafka: &Kafka,
+        msg: &OwnedMessage,
+        event: &ReceivedEvent,
+        shutdown: &Shutdown,
+    ) -> Outcome {
+        let max = kafka.config.max_attempts.max(1);
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=max {
+            match self.apply(pool, event).await {
+                Ok(true) => return Outcome::Applied,
+                Ok(false) => {
+                    tracing::debug!(event_id = %event.event_id, "duplicate delivery ignored");
+                    return Outcome::Duplicate;
+                }
+                Err(HandlerError::Permanent(e)) => {
+                    return self.dead_letter(kafka, msg, &e, attempt, shutdown).await;
+                }
+                Err(HandlerError::Retryable(e)) if attempt == max => {
+                    return self.dead_letter(kafka, msg, &e, attempt, shutdown).await;
+                }
+                Err(HandlerError::Retryable(e)) => {
+                    tracing::warn!(event_id = %event.event_id, attempt, error = %e, "handler failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.wait() => return Outcome::Interrupted,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    /// Inbox row + effect in one transaction. `Ok(false)`: already applied.
+    async fn apply(&self, pool: &PgPool, event: &ReceivedEvent) -> Result<bool, HandlerError> {
+        let mut tx = pool.begin().await?;
+        if !crate::inbox::record(&mut tx, &self.name, event).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn dead_letter(&self, kafka: &Kafka, msg: &OwnedMessage, error: &str, attempts: u32, shutdown: &Shutdown) -> Outcome {
+        let logical = msg.topic().strip_prefix(kafka.config.topic_prefix.as_str()).unwrap_or(msg.topic());
+        let dlq = kafka.config.topic(&topics::dlq(logical));
+        let attempts = attempts.to_string();
+        let offset = msg.offset().to_string();
+        let partition = msg.partition().to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = msg.headers() {
+            for i in 0..rdkafka::message::Headers::count(h) {
+                let header = rdkafka::message::Headers::get(h, i);
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let headers = headers
+            .insert(Header { key: "dlq_error", value: Some(error.as_bytes()) })
+            .insert(Header { key: "dlq_attempts", value: Some(attempts.as_bytes()) })
+            .insert(Header { key: "dlq_consumer", value: Some(self.name.as_bytes()) })
+            .insert(Header { key: "dlq_original_topic", value: Some(msg.topic().as_bytes()) })
+            .insert(Header { key: "dlq_original_partition", value: Some(partition.as_bytes()) })
+            .insert(Header { key: "dlq_original_offset", value: Some(offset.as_bytes()) });
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut record = FutureRecord::to(&dlq).payload(msg.payload().unwrap_or_default()).headers(headers.clone());
+            if let Some(key) = msg.key() {
+                record = record.key(key);
+            }
+            match kafka.producer().send(record, Duration::from_secs(10)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::error!(%dlq, error = %e, "dead-letter publish failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.wait() => return Outcome::Interrupted,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::error!(consumer = %self.name, topic = %msg.topic(), offset = msg.offset(), %error, "message dead-lettered");
+        metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone(), "topic" => logical.to_owned()).increment(1);
+        Outcome::DeadLettered
+    }
+}
+
+/// Leaves the group promptly so a restarted consumer rejoins fast.
+async fn close(consumer: StreamConsumer) {
+    let _ = tokio::task::spawn_blocking(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await;
+}

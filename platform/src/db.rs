@@ -1,0 +1,47 @@
+//! Postgres: pool, embedded migrations (the platform's outbox/inbox tables,
+//! then the service's own), and database creation for dev and tests.
+
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// Bookkeeping table for the platform's migrations, kept apart from the
+/// service's `_sqlx_migrations` so both number their files from 1.
+const PLATFORM_MIGRATIONS_TABLE: &str = "_shopmesh_platform_migrations";
+
+fn platform_migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name(PLATFORM_MIGRATIONS_TABLE);
+    migrator
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Runs the platform's migrations, then the service's.
+pub async fn migrate(pool: &PgPool, service: Option<&Migrator>) -> Result<(), sqlx::migrate::MigrateError> {
+    platform_migrator().run(pool).await?;
+    if let Some(m) = service {
+        m.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist.
+pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    if !sqlx::Postgres::database_exists(url).await? {
+        match sqlx::Postgres::create_database(url).await {
+            Ok(()) => {}
+            // Another process created it between the check and the create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

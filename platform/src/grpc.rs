@@ -1,0 +1,87 @@
+//! gRPC plumbing shared by servers and clients: the server span (with the
+//! caller's trace context as parent), client-side trace propagation, lazy
+//! channels, and mapping internal errors to statuses without leaking them.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Span for one inbound RPC; used as tonic's `trace_fn`.
+pub fn server_span(req: &http::Request<()>) -> tracing::Span {
+    let (service, method) = crate::metrics::split_grpc_path(req.uri().path());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::HeaderCarrier(req.headers()));
+    span
+}
+
+/// Client interceptor that forwards the current trace context.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracePropagation;
+
+impl tonic::service::Interceptor for TracePropagation {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        crate::telemetry::inject_grpc(req.metadata_mut());
+        Ok(req)
+    }
+}
+
+/// A lazily-connecting channel to another service (`http://host:port`).
+pub fn channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(uri.to_owned())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// `InvalidArgument` naming the offending field (as a google.rpc.BadRequest
+/// detail the gateway turns into JSON).
+pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// Logs an unexpected error with its detail and returns an opaque `Internal`.
+pub fn internal(context: &str, error: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %error, "{context}");
+    Status::internal("internal error")
+}
+
+/// Maps a database error: unavailable pools become `Unavailable` (retryable),
+/// everything else an opaque `Internal`.
+pub fn db_error(error: sqlx::Error) -> Status {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::error!(error = %error, "database unavailable");
+            Status::unavailable("database unavailable")
+        }
+        other => internal("database error", other),
+    }
+}
+
+/// The request id of an inbound call, if the caller sent one.
+pub fn request_id<T>(req: &tonic::Request<T>) -> Option<&str> {
+    req.metadata().get("x-request-id").and_then(|v| v.to_str().ok())
+}

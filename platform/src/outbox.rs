@@ -1,0 +1,330 @@
+//! Transactional outbox. `Outbox::enqueue` writes an event in the caller's
+//! transaction; `OutboxRelay` publishes unsent rows to Kafka in `seq` order,
+//! marks them sent, retries with backoff, and — because a row only counts as
+//! sent after the broker acknowledged it — re-publishes whatever a crash left
+//! unmarked. Consumers dedupe the rare re-publish through their inbox.
+//!
+//! One relay per database publishes at a time (a Postgres advisory lock), so
+//! replicas cannot reorder one aggregate's events between them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::FutureRecord;
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::events::{self, DomainEvent};
+use crate::kafka::Kafka;
+use crate::shutdown::Shutdown;
+
+const NOTIFY_CHANNEL: &str = "shopmesh_outbox";
+/// Advisory lock key shared by every relay of one service database.
+const RELAY_LOCK_KEY: i64 = 0x5_0b0c_0de1;
+
+/// Writes events into the outbox of the service named `source`.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    source: Arc<str>,
+}
+
+impl Outbox {
+    pub fn new(source: &str) -> Self {
+        Self { source: source.into() }
+    }
+
+    /// Adds `event` to the outbox inside the caller's transaction; it is
+    /// published only if that transaction commits. Returns the event id.
+    pub async fn enqueue<E: DomainEvent>(&self, conn: &mut PgConnection, event: &E) -> Result<Uuid, sqlx::Error> {
+        use prost::Message;
+        let envelope = events::envelope(&self.source, event);
+        let id = Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs");
+        let mut trace = serde_json::Map::new();
+        if !envelope.traceparent.is_empty() {
+            trace.insert("traceparent".into(), envelope.traceparent.clone().into());
+        }
+        if !envelope.tracestate.is_empty() {
+            trace.insert("tracestate".into(), envelope.tracestate.clone().into());
+        }
+        sqlx::query(
+            "INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(E::TOPIC)
+        .bind(event.aggregate_id())
+        .bind(E::TYPE)
+        .bind(envelope.encode_to_vec())
+        .bind(serde_json::Value::Object(trace))
+        .execute(&mut *conn)
+        .await?;
+        // Delivered at commit; wakes the relay without waiting for its poll.
+        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *conn).await?;
+        Ok(id)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub batch_size: i64,
+    /// Fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Publishes the outbox of one service database.
+pub struct OutboxRelay {
+    pool: PgPool,
+    kafka: Kafka,
+    service: String,
+    config: RelayConfig,
+}
+
+struct PendingRow {
+    seq: i64,
+    topic: String,
+    key: String,
+    envelope: Vec<u8>,
+    event_type: String,
+    event_id: Uuid,
+    trace: HashMap<String, String>,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, kafka: Kafka, service: &str, config: RelayConfig) -> Self {
+        Self { pool, kafka, service: service.to_owned(), config }
+    }
+
+    /// Runs until shutdown, then makes a last pass so committed events leave
+    /// before the process does.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Duration::ZERO;
+        'leadership: while !shutdown.is_triggered() {
+            let mut lock = match self.acquire_leadership(&shutdown).await {
+                Some(conn) => conn,
+                None => break,
+            };
+            tracing::info!(service = %self.service, "outbox relay is the active publisher");
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox LISTEN failed; polling only");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox listener connect failed; polling only");
+                    None
+                }
+            };
+            let mut last_cleanup = tokio::time::Instant::now();
+            loop {
+                if shutdown.is_triggered() {
+                    break 'leadership;
+                }
+                match self.publish_batch().await {
+                    Ok(n) => {
+                        backoff = Duration::ZERO;
+                        if n as i64 == self.config.batch_size {
+                            continue; // more waiting
+                        }
+                    }
+                    Err(e) => {
+                        backoff = (backoff * 2).clamp(Duration::from_millis(100), self.config.max_backoff);
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.wait() => {}
+                        }
+                        continue;
+                    }
+                }
+                self.record_lag().await;
+                if last_cleanup.elapsed() > Duration::from_secs(600) {
+                    self.cleanup().await;
+                    last_cleanup = tokio::time::Instant::now();
+                }
+                // Losing the lock connection means losing leadership.
+                if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
+                    tracing::warn!("outbox relay lost its lock connection; re-electing");
+                    continue 'leadership;
+                }
+                let wait_notify = async {
+                    match listener.as_mut() {
+                        Some(l) => {
+                            let _ = l.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = wait_notify => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        }
+        self.final_flush().await;
+    }
+
+    /// Holds the advisory lock on a dedicated connection; waits while another
+    /// replica holds it. `None` if shutdown came first.
+    async fn acquire_leadership(&self, shutdown: &Shutdown) -> Option<PgConnection> {
+        loop {
+            let attempt = async {
+                let mut conn = self.pool.acquire().await?.detach();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(RELAY_LOCK_KEY)
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(got.then_some(conn))
+            };
+            match attempt.await {
+                Ok(Some(conn)) => return Some(conn),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox relay could not reach postgres"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return None,
+            }
+        }
+    }
+
+    /// Publishes up to one batch of unsent rows in order; returns how many
+    /// were published. Rows are marked sent only after the broker acked them.
+    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let rows = sqlx::query(
+            "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
+             FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let pending: Vec<PendingRow> = rows
+            .into_iter()
+            .map(|r| {
+                let trace: serde_json::Value = r.get("trace_headers");
+                PendingRow {
+                    seq: r.get("seq"),
+                    topic: r.get("topic"),
+                    key: r.get("event_key"),
+                    envelope: r.get("envelope"),
+                    event_type: r.get("event_type"),
+                    event_id: r.get("event_id"),
+                    trace: serde_json::from_value(trace).unwrap_or_default(),
+                }
+            })
+            .collect();
+
+        // Enqueue every record before awaiting any, so the producer pipelines
+        // them; the idempotent producer keeps per-partition order.
+        let mut deliveries = Vec::with_capacity(pending.len());
+        let mut enqueue_error = None;
+        for row in &pending {
+            let topic = self.kafka.config.topic(&row.topic);
+            let event_id = row.event_id.to_string();
+            let headers = crate::telemetry::kafka_headers_from(
+                &row.trace,
+                OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "event_type", value: Some(row.event_type.as_bytes()) })
+                    .insert(rdkafka::message::Header { key: "event_id", value: Some(event_id.as_bytes()) }),
+            );
+            let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
+            match self.kafka.producer().send_result(record) {
+                Ok(delivery) => deliveries.push((row.seq, delivery)),
+                Err((e, _)) => {
+                    enqueue_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let mut sent = Vec::new();
+        let mut failed = Vec::new();
+        for (seq, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => sent.push(seq),
+                Ok(Err((e, _))) => failed.push((seq, e.to_string())),
+                Err(_) => failed.push((seq, "producer dropped the delivery".to_owned())),
+            }
+        }
+        if !sent.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = now(), last_error = NULL WHERE seq = ANY($1)")
+                .bind(&sent)
+                .execute(&self.pool)
+                .await?;
+            metrics::counter!("outbox_published_total", "service" => self.service.clone()).increment(sent.len() as u64);
+        }
+        for (seq, error) in &failed {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1")
+                .bind(seq)
+                .bind(error)
+                .execute(&self.pool)
+                .await?;
+        }
+        if let Some(e) = enqueue_error.or_else(|| failed.first().map(|(_, e)| e.clone())) {
+            metrics::counter!("outbox_publish_failures_total", "service" => self.service.clone()).increment(1);
+            anyhow::bail!("{} of {} events not published: {e}", pending.len() - sent.len(), pending.len());
+        }
+        Ok(sent.len())
+    }
+
+    async fn record_lag(&self) {
+        let row = sqlx::query(
+            "SELECT count(*) AS pending, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS lag
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok(row) = row {
+            let pending: i64 = row.get("pending");
+            let lag: f64 = row.get("lag");
+            metrics::gauge!("outbox_pending", "service" => self.service.clone()).set(pending as f64);
+            metrics::gauge!("outbox_lag_seconds", "service" => self.service.clone()).set(lag);
+        }
+    }
+
+    async fn cleanup(&self) {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(self.config.retention).unwrap_or_default();
+        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "outbox cleanup failed");
+        }
+    }
+
+    /// On shutdown: publish what is committed (bounded), then flush the producer.
+    async fn final_flush(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.publish_batch()).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        self.kafka.flush(Duration::from_secs(5)).await;
+    }
+}
+
