@@ -9,7 +9,7 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, TracerProviderBuilder};
 use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -38,18 +38,21 @@ pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
         Ok(endpoint) if !endpoint.is_empty() => Some(opentelemetry_otlp::SpanExporter::builder().with_http().build()?),
         _ => None,
     };
-    Ok(init_with_exporter(service_name, exporter))
+    Ok(init_with(service_name, |builder| match exporter {
+        Some(e) => builder.with_batch_exporter(e),
+        None => builder,
+    }))
 }
 
-/// As [`init`], with an explicit exporter (tests pass an in-memory one).
-/// A second call in the same process keeps the first subscriber.
-pub fn init_with_exporter<E: SpanExporter + 'static>(service_name: &str, exporter: Option<E>) -> TelemetryGuard {
+/// As [`init`], letting the caller add exporters (tests add an in-memory
+/// one). A second call in the same process keeps the first subscriber.
+pub fn init_with(
+    service_name: &str,
+    configure: impl FnOnce(TracerProviderBuilder) -> TracerProviderBuilder,
+) -> TelemetryGuard {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(exporter) = exporter {
-        builder = builder.with_batch_exporter(exporter);
-    }
+    let builder = configure(SdkTracerProvider::builder().with_resource(resource));
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("shopmesh");

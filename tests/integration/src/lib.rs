@@ -1,0 +1,158 @@
+//! Test harness: starts services in-process on ephemeral ports against the
+//! real PostgreSQL (a fresh database per test), the real Redis (a key prefix
+//! per test) and the real Kafka-protocol broker (a topic prefix per test).
+//!
+//! Endpoints come from `SHOPMESH_TEST_POSTGRES_URL`, `SHOPMESH_TEST_REDIS_URL`
+//! and `SHOPMESH_TEST_KAFKA_BROKERS`, defaulting to the local stack that
+//! `scripts/test.sh` brings up.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shopmesh_platform::config::{ConfigSource, ServiceConfig};
+use shopmesh_platform::kafka::Kafka;
+use shopmesh_platform::runtime::{Launched, ServiceDef, launch};
+use shopmesh_platform::shutdown::Shutdown;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn postgres_url() -> String {
+    env_or("SHOPMESH_TEST_POSTGRES_URL", "postgres://postgres:postgres@127.0.0.1:5432")
+}
+
+pub fn redis_url() -> String {
+    env_or("SHOPMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+pub fn kafka_brokers() -> String {
+    env_or("SHOPMESH_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// One test's isolated slice of the real infrastructure.
+pub struct TestEnv {
+    /// Short unique id; prefixes databases, Redis keys, topics and groups.
+    pub id: String,
+    pub shutdown: Shutdown,
+    source: ConfigSource,
+    databases: Mutex<Vec<String>>,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+        TELEMETRY.get_or_init(|| {
+            shopmesh_platform::telemetry::init_with("shopmesh-tests", |b| b)
+        });
+        let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+        let source = ConfigSource::from_pairs([
+            ("REDIS_URL", redis_url()),
+            ("REDIS_KEY_PREFIX", format!("t{id}:")),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("KAFKA_TOPIC_PREFIX", format!("t{id}.")),
+            ("KAFKA_SESSION_TIMEOUT_MS", "3000".to_owned()),
+            ("KAFKA_HEARTBEAT_MS", "1000".to_owned()),
+            ("KAFKA_MAX_ATTEMPTS", "3".to_owned()),
+            ("GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
+            ("DB_MAX_CONNECTIONS", "5".to_owned()),
+        ]);
+        Self { id, shutdown: Shutdown::new(), source, databases: Mutex::new(Vec::new()) }
+    }
+
+    /// Adds or replaces a setting for every service of this test.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.source = self.source.clone().set(key, value);
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Creates (once) and returns this test's database for `service`.
+    pub async fn database_url(&self, service: &str) -> String {
+        let name = format!("t{}_{service}", self.id);
+        let url = format!("{}/{name}", postgres_url());
+        shopmesh_platform::db::ensure_database(&url).await.expect("creating test database");
+        let mut dbs = self.databases.lock().unwrap();
+        if !dbs.contains(&name) {
+            dbs.push(name);
+        }
+        url
+    }
+
+    pub async fn config(&self, def: &ServiceDef) -> ServiceConfig {
+        let name = def.spec.name;
+        let mut source = self.source.clone();
+        if def.spec.needs.postgres {
+            source = source.set(&format!("{name}.DATABASE_URL"), self.database_url(name).await);
+        }
+        ServiceConfig::load(name, &source, def.spec.needs).expect("test config is complete")
+    }
+
+    /// Starts `def` in-process on ephemeral ports.
+    pub async fn launch(&self, def: &'static ServiceDef) -> Launched {
+        let config = self.config(def).await;
+        launch(def, config, self.shutdown.clone()).await.expect("service starts")
+    }
+
+    /// A Kafka handle with this test's prefix.
+    pub fn kafka(&self) -> Kafka {
+        let cfg = ServiceConfig::load("test", &self.source, shopmesh_platform::config::Needs { kafka: true, ..Default::default() })
+            .expect("kafka config")
+            .kafka
+            .expect("kafka configured");
+        Kafka::connect(cfg, "tests").expect("kafka client")
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        let dbs = std::mem::take(&mut *self.databases.lock().unwrap());
+        if dbs.is_empty() {
+            return;
+        }
+        // Drop can't await: clean up on a thread with its own runtime.
+        let admin = format!("{}/postgres", postgres_url());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                // Give services a moment to release their pools first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(pool) = shopmesh_platform::db::connect(&admin, 1).await {
+                    for db in dbs {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&pool).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

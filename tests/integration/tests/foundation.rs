@@ -1,0 +1,227 @@
+//! Foundation: the platform runtime serves health, reflection and ops
+//! endpoints; the outbox publishes each event once, re-publishes what a crash
+//! left unmarked, and the inbox applies a redelivered copy only once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use shopmesh_integration_tests::{TestEnv, eventually};
+use shopmesh_platform::config::Needs;
+use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
+use shopmesh_platform::events::ReceivedEvent;
+use shopmesh_platform::kafka::topics;
+use shopmesh_platform::outbox::{Outbox, OutboxRelay, RelayConfig};
+use shopmesh_platform::pb::events::v1::UserRegistered;
+use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
+use sqlx::PgConnection;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A service with no RPCs of its own: just what the platform gives everyone.
+static PROBE: ServiceDef = ServiceDef {
+    spec: ServiceSpec {
+        name: "probe",
+        needs: Needs { postgres: true, redis: true, kafka: true },
+        grpc_services: &["shopmesh.probe.v1.ProbeService"],
+        descriptor_sets: &[],
+        migrator: None,
+        topics: &[topics::USER],
+    },
+    build: |_rt: &mut ServiceRuntime| Box::pin(async { Ok(tonic::service::Routes::default()) }),
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_serves_grpc_health_reflection_and_ops_endpoints() {
+    let env = TestEnv::new();
+    let svc = env.launch(&PROBE).await;
+    let grpc = format!("http://{}", svc.grpc_addr);
+
+    // grpc.health.v1 reports SERVING once readiness (postgres, redis, kafka) passes.
+    let mut health = HealthClient::connect(grpc.clone()).await.unwrap();
+    let status = eventually("health SERVING", Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            let resp = health.check(HealthCheckRequest { service: String::new() }).await.ok()?;
+            (resp.into_inner().status == 1).then_some(1)
+        }
+    })
+    .await;
+    assert_eq!(status, 1);
+    let named = health.check(HealthCheckRequest { service: "shopmesh.probe.v1.ProbeService".into() }).await.unwrap();
+    assert_eq!(named.into_inner().status, 1, "named service is SERVING too");
+
+    // Reflection v1 and v1alpha both list the served services.
+    for listed in [list_services_v1(&grpc).await, list_services_v1alpha(&grpc).await] {
+        assert!(listed.contains(&"grpc.health.v1.Health".to_owned()), "{listed:?}");
+        assert!(listed.iter().any(|s| s.starts_with("grpc.reflection.")), "{listed:?}");
+    }
+
+    // Ops HTTP: live, ready with per-dependency checks, Prometheus metrics.
+    let http = format!("http://{}", svc.http_addr);
+    let live = reqwest::get(format!("{http}/health/live")).await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = reqwest::get(format!("{http}/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    for dep in ["postgres", "redis", "kafka"] {
+        assert_eq!(body["checks"][dep], "ok", "{body}");
+    }
+    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("grpc_server_handled_total"), "RED metrics recorded: {metrics}");
+}
+
+async fn list_services_v1(uri: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::connect(uri.to_owned()).await.unwrap();
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    match stream.next().await.unwrap().unwrap().message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(uri: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::connect(uri.to_owned()).await.unwrap();
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    match stream.next().await.unwrap().unwrap().message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+/// Counts each applied event in `applied_events`, in the inbox's transaction.
+struct CountingHandler;
+
+#[async_trait::async_trait]
+impl EventHandler for CountingHandler {
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "shopmesh.events.v1.UserRegistered"
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        let user = event.payload::<UserRegistered>()?;
+        sqlx::query("INSERT INTO applied_events (event_id, user_id) VALUES ($1, $2)")
+            .bind(event.event_id)
+            .bind(user.user_id)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn raw_consumer(env: &TestEnv, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", shopmesh_integration_tests::kafka_brokers())
+        .set("group.id", format!("t{}.observer", env.id))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "3000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// Reads everything that arrives on the consumer within `quiet` of the last message.
+async fn drain(consumer: &StreamConsumer, first_wait: Duration, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut wait = first_wait;
+    while let Ok(Ok(msg)) = tokio::time::timeout(wait, consumer.recv()).await {
+        out.push(msg.payload().unwrap_or_default().to_vec());
+        wait = quiet;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() {
+    let env = TestEnv::new();
+    let url = env.database_url("outbox").await;
+    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let topic = kafka.config.topic(topics::USER);
+
+    // An event committed with its transaction; one that rolled back must never leave.
+    let outbox = Outbox::new("test");
+    let event = UserRegistered { user_id: "user-1".into(), email: "a@example.com".into(), ..Default::default() };
+    let mut tx = pool.begin().await.unwrap();
+    let event_id = outbox.enqueue(&mut tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut rolled_back = pool.begin().await.unwrap();
+    outbox.enqueue(&mut rolled_back, &UserRegistered { user_id: "ghost".into(), ..Default::default() }).await.unwrap();
+    rolled_back.rollback().await.unwrap();
+
+    let observer = raw_consumer(&env, &topic);
+    let relay_stop = env.shutdown.child();
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(relay_stop.clone()));
+
+    let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
+    assert_eq!(seen.len(), 1, "published exactly once");
+    let envelope = shopmesh_platform::pb::events::v1::EventEnvelope::decode(seen[0].as_slice()).unwrap();
+    assert_eq!(envelope.id, event_id.to_string());
+    assert_eq!(UserRegistered::decode(envelope.payload.as_slice()).unwrap(), event);
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(unpublished, 0, "row marked published");
+
+    // A crash between the broker's ack and the mark: the row is unmarked again,
+    // and the relay (restarted) publishes it a second time.
+    relay_stop.trigger();
+    relay.await.unwrap();
+    sqlx::query("UPDATE outbox SET published_at = NULL WHERE event_id = $1").bind(event_id).execute(&pool).await.unwrap();
+    // A later event for the same aggregate (same partition) marks the end of the stream.
+    let mut tx = pool.begin().await.unwrap();
+    let sentinel = UserRegistered { user_id: "user-1".into(), email: "sentinel@example.com".into(), ..Default::default() };
+    let sentinel_id = outbox.enqueue(&mut tx, &sentinel).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(env.shutdown.clone()));
+    let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
+    assert_eq!(seen.len(), 2, "the unmarked row is re-published, plus the new one");
+
+    // The consumer sees the event twice and applies it once.
+    let handler = Arc::new(CountingHandler);
+    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler };
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), env.shutdown.clone()));
+    eventually("sentinel applied", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
+                .bind(sentinel_id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1, "redelivered copy ignored by the inbox");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'probe'").fetch_one(&pool).await.unwrap();
+    assert_eq!(inbox, 2, "one inbox row per distinct event");
+    let ghost: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE user_id = 'ghost'").fetch_one(&pool).await.unwrap();
+    assert_eq!(ghost, 0, "rolled-back events never leave");
+    observer.unsubscribe();
+}
