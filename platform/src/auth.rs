@@ -173,7 +173,13 @@ const MIN_REFETCH: Duration = Duration::from_secs(5);
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);
 
 impl TokenVerifier {
-    pub fn new(provider: Arc<dyn KeyProvider>, issuer: &str, audience: &str, redis: Option<Client>, redis_prefix: &str) -> Self {
+    pub fn new(
+        provider: Arc<dyn KeyProvider>,
+        issuer: &str,
+        audience: &str,
+        redis: Option<Client>,
+        redis_prefix: &str,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);

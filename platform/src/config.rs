@@ -80,10 +80,7 @@ impl ConfigSource {
 
     fn env_names(&self, key: &str) -> (String, Option<String>) {
         let global = format!("SHOPMESH_{key}");
-        let scoped = self
-            .scope
-            .as_ref()
-            .map(|s| format!("SHOPMESH_{}_{key}", s.to_uppercase().replace('-', "_")));
+        let scoped = self.scope.as_ref().map(|s| format!("SHOPMESH_{}_{key}", s.to_uppercase().replace('-', "_")));
         (global, scoped)
     }
 
@@ -280,15 +277,19 @@ mod tests {
 
     #[test]
     fn scoped_override_wins_over_global() {
-        let src = ConfigSource::from_pairs([("DATABASE_URL", "postgres://global"), ("catalog.DATABASE_URL", "postgres://cat")]);
+        let src = ConfigSource::from_pairs([
+            ("DATABASE_URL", "postgres://global"),
+            ("catalog.DATABASE_URL", "postgres://cat"),
+        ]);
         assert_eq!(src.scoped("catalog").get("DATABASE_URL").unwrap(), "postgres://cat");
         assert_eq!(src.scoped("cart").get("DATABASE_URL").unwrap(), "postgres://global");
     }
 
     #[test]
     fn missing_setting_names_the_variable() {
-        let err = ServiceConfig::load("catalog", &ConfigSource::default(), Needs { postgres: true, ..Needs::default() })
-            .unwrap_err();
+        let err =
+            ServiceConfig::load("catalog", &ConfigSource::default(), Needs { postgres: true, ..Needs::default() })
+                .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("SHOPMESH_DATABASE_URL"), "{msg}");
         assert!(msg.contains("SHOPMESH_CATALOG_DATABASE_URL"), "{msg}");

@@ -141,7 +141,8 @@ impl EventConsumer {
             Outcome::Interrupted => "interrupted",
         };
         metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "type" => event.event_type().to_owned(), "outcome" => label).increment(1);
-        metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -193,7 +194,14 @@ impl EventConsumer {
         Ok(true)
     }
 
-    async fn dead_letter(&self, kafka: &Kafka, msg: &OwnedMessage, error: &str, attempts: u32, shutdown: &Shutdown) -> Outcome {
+    async fn dead_letter(
+        &self,
+        kafka: &Kafka,
+        msg: &OwnedMessage,
+        error: &str,
+        attempts: u32,
+        shutdown: &Shutdown,
+    ) -> Outcome {
         let logical = msg.topic().strip_prefix(kafka.config.topic_prefix.as_str()).unwrap_or(msg.topic());
         let dlq = kafka.config.topic(&topics::dlq(logical));
         let attempts = attempts.to_string();

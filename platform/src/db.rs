@@ -17,11 +17,7 @@ fn platform_migrator() -> Migrator {
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect(url).await
 }
 
 /// Runs the platform's migrations, then the service's.

@@ -43,10 +43,7 @@ impl Readiness {
         }))
         .await;
         let failed = results.iter().any(|(_, r)| r.is_err());
-        let report = results
-            .into_iter()
-            .map(|(n, r)| (n, r.err().unwrap_or_else(|| "ok".to_owned())))
-            .collect();
+        let report = results.into_iter().map(|(n, r)| (n, r.err().unwrap_or_else(|| "ok".to_owned()))).collect();
         if failed { Err(report) } else { Ok(report) }
     }
 }

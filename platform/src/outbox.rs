@@ -327,4 +327,3 @@ impl OutboxRelay {
         self.kafka.flush(Duration::from_secs(5)).await;
     }
 }
-

@@ -21,9 +21,10 @@ pub async fn connect(cfg: &RedisConfig) -> Result<Client, Error> {
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()?;
     client.connect();
-    if let Err(e) = tokio::time::timeout(timeout * 4, client.wait_for_connect()).await.unwrap_or_else(|_| {
-        Err(Error::new(ErrorKind::Timeout, "timed out connecting"))
-    }) {
+    if let Err(e) = tokio::time::timeout(timeout * 4, client.wait_for_connect())
+        .await
+        .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "timed out connecting")))
+    {
         tracing::warn!(url = %redact(&cfg.url), error = %e, "redis not reachable at start; will keep retrying");
     }
     Ok(client)

@@ -88,7 +88,9 @@ impl ServiceRuntime {
                 let pool = crate::db::connect(url, config.db_max_connections)
                     .await
                     .with_context(|| format!("{name}: connecting to postgres"))?;
-                crate::db::migrate(&pool, spec.migrator).await.with_context(|| format!("{name}: running migrations"))?;
+                crate::db::migrate(&pool, spec.migrator)
+                    .await
+                    .with_context(|| format!("{name}: running migrations"))?;
                 readiness.add(Arc::new(PostgresCheck(pool.clone())));
                 Some(pool)
             }
@@ -225,6 +227,11 @@ impl ServiceRuntime {
             .add_service(reflection_alpha.build_v1alpha()?);
 
         let grpc_services = self.spec.grpc_services;
+        // tonic-health starts "" as SERVING; nothing is until readiness says so.
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        for s in grpc_services {
+            reporter.set_service_status(*s, tonic_health::ServingStatus::NotServing).await;
+        }
         let readiness = self.readiness.clone();
         let health_stop = self.shutdown.clone();
         let health_task = tokio::spawn(track_health(reporter, grpc_services, readiness, health_stop));
@@ -248,7 +255,11 @@ impl ServiceRuntime {
         let grace = self.config.shutdown_grace;
         let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(service = name, grace_ms = grace.as_millis() as u64, "background tasks did not drain in time");
+            tracing::warn!(
+                service = name,
+                grace_ms = grace.as_millis() as u64,
+                "background tasks did not drain in time"
+            );
             self.tasks.abort_all();
         }
         tracing::info!(service = name, "stopped");
@@ -267,11 +278,14 @@ async fn track_health(
 ) {
     use tonic_health::ServingStatus;
     loop {
-        let status = if readiness.evaluate().await.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
-        reporter.set_service_status("", status).await;
+        let status =
+            if readiness.evaluate().await.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        // Named services first: a client that sees the overall status SERVING
+        // can then also query any of them.
         for s in services {
             reporter.set_service_status(*s, status).await;
         }
+        reporter.set_service_status("", status).await;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.wait() => break,

@@ -62,7 +62,12 @@ pub fn init_with(
     let fmt = if std::env::var("SHOPMESH_LOG_FORMAT").as_deref() == Ok("pretty") {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     } else {
-        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
     };
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -167,11 +172,7 @@ pub struct KafkaHeaderCarrier<'a>(pub &'a BorrowedHeaders);
 
 impl Extractor for KafkaHeaderCarrier<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.0.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
     }
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|h| h.key).collect()
@@ -191,4 +192,3 @@ pub fn kafka_headers_from(map: &HashMap<String, String>, mut headers: OwnedHeade
 pub fn extract(carrier: &dyn Extractor) -> Context {
     global::get_text_map_propagator(|p| p.extract(carrier))
 }
-

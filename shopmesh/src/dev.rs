@@ -29,7 +29,8 @@ pub fn dev_source(base: ConfigSource) -> ConfigSource {
             .set_default(&scoped("HTTP_ADDR"), format!("127.0.0.1:{}", HTTP_BASE + i));
     }
     if let Some(auth) = SERVICES.iter().position(|d| d.spec.name == "auth") {
-        source = source.set_default("JWKS_URL", format!("http://127.0.0.1:{}/.well-known/jwks.json", HTTP_BASE + auth as u16));
+        source = source
+            .set_default("JWKS_URL", format!("http://127.0.0.1:{}/.well-known/jwks.json", HTTP_BASE + auth as u16));
     }
     source
 }
@@ -48,7 +49,10 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
     for l in &launched {
         println!("  {:<14} grpc http://{:<21} ops http://{}", l.name, l.grpc_addr, l.http_addr);
     }
-    println!("  try: grpcurl -plaintext {} list\n", launched.first().map(|l| l.grpc_addr.to_string()).unwrap_or_default());
+    println!(
+        "  try: grpcurl -plaintext {} list\n",
+        launched.first().map(|l| l.grpc_addr.to_string()).unwrap_or_default()
+    );
     shutdown.wait().await;
     for l in launched {
         match l.task.await {

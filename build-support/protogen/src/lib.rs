@@ -59,9 +59,7 @@ pub fn compile(files: &[&str], shared: bool) {
         }
     }
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
-    builder
-        .compile_protos(&paths, &includes())
-        .unwrap_or_else(|e| panic!("compiling {files:?}: {e}"));
+    builder.compile_protos(&paths, &includes()).unwrap_or_else(|e| panic!("compiling {files:?}: {e}"));
 }
 
 /// Writes a descriptor set (with imports and source info, so comments and

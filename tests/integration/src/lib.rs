@@ -41,10 +41,9 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
-        TELEMETRY.get_or_init(|| {
-            shopmesh_platform::telemetry::init_with("shopmesh-tests", |b| b)
-        });
+        static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> =
+            std::sync::OnceLock::new();
+        TELEMETRY.get_or_init(|| shopmesh_platform::telemetry::init_with("shopmesh-tests", |b| b));
         let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
         let source = ConfigSource::from_pairs([
             ("REDIS_URL", redis_url()),
@@ -100,10 +99,14 @@ impl TestEnv {
 
     /// A Kafka handle with this test's prefix.
     pub fn kafka(&self) -> Kafka {
-        let cfg = ServiceConfig::load("test", &self.source, shopmesh_platform::config::Needs { kafka: true, ..Default::default() })
-            .expect("kafka config")
-            .kafka
-            .expect("kafka configured");
+        let cfg = ServiceConfig::load(
+            "test",
+            &self.source,
+            shopmesh_platform::config::Needs { kafka: true, ..Default::default() },
+        )
+        .expect("kafka config")
+        .kafka
+        .expect("kafka configured");
         Kafka::connect(cfg, "tests").expect("kafka client")
     }
 }
@@ -130,7 +133,10 @@ impl Drop for TestEnv {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Ok(pool) = shopmesh_platform::db::connect(&admin, 1).await {
                     for db in dbs {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&pool).await;
+                        let _ =
+                            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+                                .execute(&pool)
+                                .await;
                     }
                 }
             });

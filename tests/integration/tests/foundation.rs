@@ -41,7 +41,7 @@ async fn runtime_serves_grpc_health_reflection_and_ops_endpoints() {
     let grpc = format!("http://{}", svc.grpc_addr);
 
     // grpc.health.v1 reports SERVING once readiness (postgres, redis, kafka) passes.
-    let mut health = HealthClient::connect(grpc.clone()).await.unwrap();
+    let mut health = HealthClient::new(shopmesh_platform::grpc::channel(&grpc).unwrap());
     let status = eventually("health SERVING", Duration::from_secs(10), || {
         let mut health = health.clone();
         async move {
@@ -75,12 +75,15 @@ async fn runtime_serves_grpc_health_reflection_and_ops_endpoints() {
 }
 
 async fn list_services_v1(uri: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let mut client = ServerReflectionClient::connect(uri.to_owned()).await.unwrap();
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut client = ServerReflectionClient::new(shopmesh_platform::grpc::channel(uri).unwrap());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     match stream.next().await.unwrap().unwrap().message_response.unwrap() {
         MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
@@ -89,12 +92,15 @@ async fn list_services_v1(uri: &str) -> Vec<String> {
 }
 
 async fn list_services_v1alpha(uri: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    let mut client = ServerReflectionClient::connect(uri.to_owned()).await.unwrap();
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut client = ServerReflectionClient::new(shopmesh_platform::grpc::channel(uri).unwrap());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     match stream.next().await.unwrap().unwrap().message_response.unwrap() {
         MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
@@ -173,27 +179,37 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 
     let observer = raw_consumer(&env, &topic);
     let relay_stop = env.shutdown.child();
-    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(relay_stop.clone()));
+    let relay = tokio::spawn(
+        OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(relay_stop.clone()),
+    );
 
     let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
     assert_eq!(seen.len(), 1, "published exactly once");
     let envelope = shopmesh_platform::pb::events::v1::EventEnvelope::decode(seen[0].as_slice()).unwrap();
     assert_eq!(envelope.id, event_id.to_string());
     assert_eq!(UserRegistered::decode(envelope.payload.as_slice()).unwrap(), event);
-    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
     assert_eq!(unpublished, 0, "row marked published");
 
     // A crash between the broker's ack and the mark: the row is unmarked again,
     // and the relay (restarted) publishes it a second time.
     relay_stop.trigger();
     relay.await.unwrap();
-    sqlx::query("UPDATE outbox SET published_at = NULL WHERE event_id = $1").bind(event_id).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE outbox SET published_at = NULL WHERE event_id = $1")
+        .bind(event_id)
+        .execute(&pool)
+        .await
+        .unwrap();
     // A later event for the same aggregate (same partition) marks the end of the stream.
     let mut tx = pool.begin().await.unwrap();
-    let sentinel = UserRegistered { user_id: "user-1".into(), email: "sentinel@example.com".into(), ..Default::default() };
+    let sentinel =
+        UserRegistered { user_id: "user-1".into(), email: "sentinel@example.com".into(), ..Default::default() };
     let sentinel_id = outbox.enqueue(&mut tx, &sentinel).await.unwrap();
     tx.commit().await.unwrap();
-    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(env.shutdown.clone()));
+    tokio::spawn(
+        OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(env.shutdown.clone()),
+    );
     let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
     assert_eq!(seen.len(), 2, "the unmarked row is re-published, plus the new one");
 
@@ -219,9 +235,13 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
         .await
         .unwrap();
     assert_eq!(applied, 1, "redelivered copy ignored by the inbox");
-    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'probe'").fetch_one(&pool).await.unwrap();
+    let inbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'probe'").fetch_one(&pool).await.unwrap();
     assert_eq!(inbox, 2, "one inbox row per distinct event");
-    let ghost: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE user_id = 'ghost'").fetch_one(&pool).await.unwrap();
+    let ghost: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE user_id = 'ghost'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(ghost, 0, "rolled-back events never leave");
     observer.unsubscribe();
 }
