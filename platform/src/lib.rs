@@ -5,6 +5,7 @@
 //! A service's `serve` is a few lines: build its tonic routes, hand them to
 //! [`runtime::ServiceRuntime`], register its consumers, and serve.
 
+pub mod address;
 pub mod auth;
 pub mod config;
 pub mod consumer;
