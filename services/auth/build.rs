@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/auth/v1/auth.proto"], false);
+}

@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/user/v1/user.proto"], false);
+}
