@@ -29,6 +29,27 @@ enum Command {
     Migrate { service: String },
     /// List the services this binary can run.
     List,
+    /// Administrative tasks against the auth database.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Create an admin account, or grant admin to an existing one (idempotent).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Read from SHOPMESH_ADMIN_PASSWORD when omitted, to keep it out of shell history.
+        #[arg(long, env = "SHOPMESH_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+    /// Start signing with a new key; old keys keep verifying until their tokens expire.
+    RotateKeys,
 }
 
 #[tokio::main]
@@ -67,6 +88,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = shopmesh_platform::db::connect(&url, 1).await?;
             shopmesh_platform::db::migrate(&pool, def.spec.migrator).await?;
             println!("{service}: migrations applied");
+            Ok(())
+        }
+        Command::Admin { action } => {
+            let source = ConfigSource::from_env()?;
+            let def = &shopmesh_auth::SERVICE;
+            let config = ServiceConfig::load(def.spec.name, &source, def.spec.needs)?;
+            let url = config.database_url.expect("auth needs postgres");
+            let pool = shopmesh_platform::db::connect(&url, 2).await?;
+            shopmesh_platform::db::migrate(&pool, def.spec.migrator).await?;
+            match action {
+                AdminAction::Create { email, password, name } => {
+                    let outbox = shopmesh_platform::outbox::Outbox::new(def.spec.name);
+                    let id = shopmesh_auth::create_admin(&pool, &outbox, &email, &password, &name).await?;
+                    println!("admin {email} has user id {id}");
+                }
+                AdminAction::RotateKeys => {
+                    let kid = shopmesh_auth::rotate_signing_key(&pool).await?;
+                    println!("now signing with key {kid}");
+                }
+            }
             Ok(())
         }
         Command::Dev => {

@@ -2,7 +2,7 @@
 
 use shopmesh_platform::runtime::ServiceDef;
 
-pub static SERVICES: &[&ServiceDef] = &[];
+pub static SERVICES: &[&ServiceDef] = &[&shopmesh_auth::SERVICE, &shopmesh_user::SERVICE];
 
 pub fn find(name: &str) -> anyhow::Result<&'static ServiceDef> {
     SERVICES.iter().copied().find(|d| d.spec.name == name).ok_or_else(|| {
