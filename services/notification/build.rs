@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/notification/v1/notification.proto"], false);
+}

@@ -1,0 +1,72 @@
+//! Notifications in Postgres, each user's read newest first.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{Cursor, Kind, Message};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: String,
+    pub order_id: String,
+    pub title: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NotificationRow {
+    /// The CHECK constraint admits only known kinds.
+    pub fn kind(&self) -> Kind {
+        Kind::parse(&self.kind).expect("notifications.kind is constrained to known values")
+    }
+}
+
+/// Stores the message caused by `event_id`; a second copy of the event is a no-op.
+pub async fn insert(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+    message: &Message,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO notifications (id, event_id, user_id, kind, order_id, title, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event_id)
+    .bind(user_id)
+    .bind(message.kind.as_str())
+    .bind(&message.order_id)
+    .bind(&message.title)
+    .bind(&message.body)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// One page of `user_id`'s notifications after `cursor`, plus one extra row
+/// so the caller knows whether another page exists.
+pub async fn list(
+    pool: &PgPool,
+    user_id: Uuid,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, kind, order_id, title, body, created_at
+         FROM notifications
+         WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(cursor.map(|c| c.created_at))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await
+}

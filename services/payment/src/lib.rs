@@ -1,0 +1,58 @@
+//! The payment service: charges an order when its stock is reserved, refunds
+//! it when the order is cancelled, and lets customers see their payments.
+//! Wiring only.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use shopmesh_platform::config::Needs;
+use shopmesh_platform::consumer::EventConsumer;
+use shopmesh_platform::kafka::topics;
+use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
+use tonic::service::Routes;
+
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod provider;
+pub mod store;
+
+pub mod pb {
+    tonic::include_proto!("shopmesh.payment.v1");
+    pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+pub static SERVICE: ServiceDef = ServiceDef {
+    spec: ServiceSpec {
+        name: "payment",
+        needs: Needs { postgres: true, redis: false, kafka: true },
+        grpc_services: &["shopmesh.payment.v1.PaymentService"],
+        descriptor_sets: &[pb::DESCRIPTOR_SET],
+        migrator: Some(&MIGRATOR),
+        topics: &[topics::INVENTORY, topics::ORDER, topics::PAYMENT],
+    },
+    build: build_boxed,
+};
+
+fn build_boxed(rt: &mut ServiceRuntime) -> BoxFuture<'_, anyhow::Result<Routes>> {
+    Box::pin(build(rt))
+}
+
+async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
+    let defaults = domain::BreakerConfig::default();
+    let breaker = domain::BreakerConfig {
+        failure_threshold: rt.config.source.parse_or("BREAKER_FAILURES", defaults.failure_threshold)?,
+        open_for: rt.config.source.millis_or("BREAKER_OPEN_MS", defaults.open_for)?,
+        success_threshold: rt.config.source.parse_or("BREAKER_SUCCESSES", defaults.success_threshold)?,
+    };
+    let router = Arc::new(provider::Router::test_mode(breaker));
+    rt.spawn_consumer(EventConsumer {
+        name: events::CONSUMER.into(),
+        topics: vec![topics::INVENTORY, topics::ORDER],
+        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone() }),
+    });
+    let api = grpc::PaymentApi { pool: rt.pool().clone() };
+    Ok(Routes::new(pb::payment_service_server::PaymentServiceServer::new(api)))
+}

@@ -1,0 +1,366 @@
+//! Payment providers (PSPs) and the router that picks one: the primary
+//! behind a circuit breaker, the secondary as fallback. The two built-in
+//! providers simulate Stripe's test mode in-process.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::domain::{BreakerConfig, BreakerState, CircuitBreaker, Money};
+
+pub const PRIMARY: &str = "primary";
+pub const SECONDARY: &str = "secondary";
+
+/// A successful charge as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub provider_reference: String,
+    /// e.g. "visa ending 4242"; the only card detail we keep.
+    pub card_display: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The card or token was refused; final for this payment.
+    #[error("declined: {0}")]
+    Declined(String),
+    /// The provider could not be reached or failed; worth trying elsewhere or later.
+    #[error("provider unavailable")]
+    Unavailable,
+}
+
+#[async_trait::async_trait]
+pub trait PaymentProvider: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// Charges `amount` to `token`. A repeated `idempotency_key` returns the
+    /// first charge's result and never charges again.
+    async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Charge, ProviderError>;
+
+    /// Returns `amount` of the charge `provider_reference`. Idempotent.
+    async fn refund(&self, provider_reference: &str, amount: &Money) -> Result<(), ProviderError>;
+}
+
+/// Stripe-test-mode stand-in. `tok_provider_down` makes a provider built with
+/// `down_on_test_token` report itself unavailable (the secondary charges it).
+pub struct TestProvider {
+    name: &'static str,
+    down_on_test_token: bool,
+    charges: Mutex<HashMap<String, Result<Charge, ProviderError>>>,
+    refunded: Mutex<HashSet<String>>,
+}
+
+impl TestProvider {
+    pub fn primary() -> Self {
+        Self::new(PRIMARY, true)
+    }
+
+    pub fn secondary() -> Self {
+        Self::new(SECONDARY, false)
+    }
+
+    fn new(name: &'static str, down_on_test_token: bool) -> Self {
+        Self { name, down_on_test_token, charges: Mutex::default(), refunded: Mutex::default() }
+    }
+
+    fn outcome(&self, token: &str) -> Result<Charge, ProviderError> {
+        let card = |display: &str| {
+            Ok(Charge {
+                provider_reference: format!("{}_ch_{}", self.name, uuid::Uuid::now_v7().simple()),
+                card_display: display.to_owned(),
+            })
+        };
+        match token {
+            "tok_visa" => card("visa ending 4242"),
+            "tok_mastercard" => card("mastercard ending 4444"),
+            "tok_provider_down" if self.down_on_test_token => Err(ProviderError::Unavailable),
+            "tok_provider_down" => card("visa ending 4242"),
+            "tok_chargeDeclined" => Err(ProviderError::Declined("card_declined".into())),
+            "tok_insufficient_funds" => Err(ProviderError::Declined("insufficient_funds".into())),
+            _ => Err(ProviderError::Declined("invalid_token".into())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PaymentProvider for TestProvider {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn charge(&self, idempotency_key: &str, token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
+        let mut charges = self.charges.lock().expect("provider map poisoned");
+        if let Some(previous) = charges.get(idempotency_key) {
+            return previous.clone();
+        }
+        let outcome = self.outcome(token);
+        // Outages aren't remembered: a retry after one is a fresh attempt.
+        if outcome != Err(ProviderError::Unavailable) {
+            charges.insert(idempotency_key.to_owned(), outcome.clone());
+        }
+        outcome
+    }
+
+    async fn refund(&self, provider_reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+        // References survive our restarts but this map doesn't: trust our own prefix.
+        if !provider_reference.starts_with(&format!("{}_ch_", self.name)) {
+            return Err(ProviderError::Declined("no_such_charge".into()));
+        }
+        self.refunded.lock().expect("provider map poisoned").insert(provider_reference.to_owned());
+        Ok(())
+    }
+}
+
+/// Where the time comes from; tests substitute a fake.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// The result of routing a charge: which provider answered, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed<T> {
+    pub provider: String,
+    pub outcome: Result<T, ProviderError>,
+}
+
+/// Sends charges to the primary unless its breaker is open or it fails, then
+/// to the secondary. Refunds go to whichever provider holds the charge.
+pub struct Router {
+    primary: Arc<dyn PaymentProvider>,
+    secondary: Arc<dyn PaymentProvider>,
+    breaker: Mutex<CircuitBreaker>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Router {
+    pub fn new(
+        primary: Arc<dyn PaymentProvider>,
+        secondary: Arc<dyn PaymentProvider>,
+        breaker: BreakerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let router = Self { primary, secondary, breaker: Mutex::new(CircuitBreaker::new(breaker)), clock };
+        router.record_state();
+        router
+    }
+
+    /// The built-in test providers with the real clock.
+    pub fn test_mode(breaker: BreakerConfig) -> Self {
+        Self::new(
+            Arc::new(TestProvider::primary()),
+            Arc::new(TestProvider::secondary()),
+            breaker,
+            Arc::new(SystemClock),
+        )
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.lock().expect("breaker poisoned").state(self.clock.now())
+    }
+
+    pub async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Routed<Charge> {
+        let allowed = self.breaker.lock().expect("breaker poisoned").allows(self.clock.now());
+        if allowed {
+            let outcome = self.primary.charge(idempotency_key, token, amount).await;
+            {
+                let mut breaker = self.breaker.lock().expect("breaker poisoned");
+                match &outcome {
+                    // A decline means the provider is up and working.
+                    Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
+                    Err(ProviderError::Unavailable) => breaker.on_failure(self.clock.now()),
+                }
+            }
+            self.record_state();
+            count(self.primary.name(), &outcome);
+            if outcome != Err(ProviderError::Unavailable) {
+                return Routed { provider: self.primary.name().to_owned(), outcome };
+            }
+            tracing::warn!(idempotency_key, "primary provider unavailable; failing over");
+        }
+        let outcome = self.secondary.charge(idempotency_key, token, amount).await;
+        count(self.secondary.name(), &outcome);
+        Routed { provider: self.secondary.name().to_owned(), outcome }
+    }
+
+    pub async fn refund(&self, provider: &str, provider_reference: &str, amount: &Money) -> Result<(), ProviderError> {
+        let target = if provider == self.secondary.name() { &self.secondary } else { &self.primary };
+        let outcome = target.refund(provider_reference, amount).await;
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("payment_refunds_total", "provider" => target.name().to_owned(), "outcome" => label)
+            .increment(1);
+        outcome
+    }
+
+    fn record_state(&self) {
+        metrics::gauge!("payment_breaker_state", "provider" => self.primary.name().to_owned())
+            .set(self.breaker_state().gauge_value());
+    }
+}
+
+fn count(provider: &str, outcome: &Result<Charge, ProviderError>) {
+    let label = match outcome {
+        Ok(_) => "captured",
+        Err(ProviderError::Declined(_)) => "declined",
+        Err(ProviderError::Unavailable) => "unavailable",
+    };
+    metrics::counter!("payment_charges_total", "provider" => provider.to_owned(), "outcome" => label).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn usd(minor: i64) -> Money {
+        Money::parse("amount", "USD", minor).unwrap()
+    }
+
+    #[tokio::test]
+    async fn test_tokens_behave_like_stripe_test_mode() {
+        let p = TestProvider::primary();
+        let visa = p.charge("o1", "tok_visa", &usd(100)).await.unwrap();
+        assert_eq!(visa.card_display, "visa ending 4242");
+        assert!(visa.provider_reference.starts_with("primary_ch_"));
+        assert_eq!(p.charge("o2", "tok_mastercard", &usd(100)).await.unwrap().card_display, "mastercard ending 4444");
+        assert_eq!(
+            p.charge("o3", "tok_chargeDeclined", &usd(100)).await,
+            Err(ProviderError::Declined("card_declined".into()))
+        );
+        assert_eq!(
+            p.charge("o4", "tok_insufficient_funds", &usd(100)).await,
+            Err(ProviderError::Declined("insufficient_funds".into()))
+        );
+        assert_eq!(p.charge("o5", "tok_provider_down", &usd(100)).await, Err(ProviderError::Unavailable));
+        assert_eq!(
+            p.charge("o6", "4242424242424242", &usd(100)).await,
+            Err(ProviderError::Declined("invalid_token".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn secondary_charges_the_provider_down_token() {
+        let s = TestProvider::secondary();
+        let charge = s.charge("o1", "tok_provider_down", &usd(100)).await.unwrap();
+        assert_eq!(charge.card_display, "visa ending 4242");
+        assert!(charge.provider_reference.starts_with("secondary_ch_"));
+    }
+
+    #[tokio::test]
+    async fn a_retried_charge_returns_the_first_result() {
+        let p = TestProvider::primary();
+        let first = p.charge("order-1", "tok_visa", &usd(100)).await.unwrap();
+        let again = p.charge("order-1", "tok_visa", &usd(100)).await.unwrap();
+        assert_eq!(first, again);
+        let declined = p.charge("order-2", "tok_chargeDeclined", &usd(100)).await;
+        assert_eq!(p.charge("order-2", "tok_visa", &usd(100)).await, declined, "a decline sticks to its key");
+    }
+
+    #[tokio::test]
+    async fn refund_accepts_only_own_references() {
+        let p = TestProvider::primary();
+        let charge = p.charge("o1", "tok_visa", &usd(100)).await.unwrap();
+        assert_eq!(p.refund(&charge.provider_reference, &usd(100)).await, Ok(()));
+        assert_eq!(p.refund(&charge.provider_reference, &usd(100)).await, Ok(()), "idempotent");
+        assert!(matches!(p.refund("secondary_ch_x", &usd(100)).await, Err(ProviderError::Declined(_))));
+    }
+
+    /// A clock the test moves by hand.
+    struct FakeClock {
+        base: Instant,
+        offset_ms: AtomicU64,
+    }
+
+    impl FakeClock {
+        fn new() -> Self {
+            Self { base: Instant::now(), offset_ms: AtomicU64::new(0) }
+        }
+        fn advance(&self, d: Duration) {
+            self.offset_ms.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Instant {
+            self.base + Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    /// A primary that is down until told otherwise, counting the calls it gets.
+    struct Flaky {
+        down: std::sync::atomic::AtomicBool,
+        calls: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl PaymentProvider for Flaky {
+        fn name(&self) -> &str {
+            PRIMARY
+        }
+        async fn charge(&self, key: &str, _token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ProviderError::Unavailable);
+            }
+            Ok(Charge { provider_reference: format!("primary_ch_{key}"), card_display: "visa ending 4242".into() })
+        }
+        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn router_fails_over_opens_skips_the_primary_and_recovers() {
+        let clock = Arc::new(FakeClock::new());
+        let primary = Arc::new(Flaky { down: true.into(), calls: AtomicU64::new(0) });
+        let router =
+            Router::new(primary.clone(), Arc::new(TestProvider::secondary()), BreakerConfig::default(), clock.clone());
+
+        // Each outage fails over to the secondary for that charge.
+        for i in 0..5 {
+            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100)).await;
+            assert_eq!(routed.provider, SECONDARY);
+            assert!(routed.outcome.is_ok());
+        }
+        assert_eq!(router.breaker_state(), BreakerState::Open);
+
+        // While open, the primary isn't even tried.
+        let routed = router.charge("o5", "tok_visa", &usd(100)).await;
+        assert_eq!(routed.provider, SECONDARY);
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 5);
+
+        // After 30 s trial calls reach the (recovered) primary; two close it.
+        clock.advance(Duration::from_secs(30));
+        primary.down.store(false, Ordering::SeqCst);
+        assert_eq!(router.charge("o6", "tok_visa", &usd(100)).await.provider, PRIMARY);
+        assert_eq!(router.breaker_state(), BreakerState::HalfOpen);
+        assert_eq!(router.charge("o7", "tok_visa", &usd(100)).await.provider, PRIMARY);
+        assert_eq!(router.breaker_state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_decline_is_final_and_does_not_fail_over() {
+        let router = Router::test_mode(BreakerConfig::default());
+        let routed = router.charge("o1", "tok_chargeDeclined", &usd(100)).await;
+        assert_eq!(routed.provider, PRIMARY);
+        assert_eq!(routed.outcome, Err(ProviderError::Declined("card_declined".into())));
+        assert_eq!(router.breaker_state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn provider_down_token_is_charged_by_the_secondary() {
+        let router = Router::test_mode(BreakerConfig::default());
+        let routed = router.charge("o1", "tok_provider_down", &usd(100)).await;
+        assert_eq!(routed.provider, SECONDARY);
+        assert_eq!(routed.outcome.unwrap().card_display, "visa ending 4242");
+    }
+}

@@ -1,0 +1,206 @@
+//! Payments in Postgres. Every state change writes its event to the outbox
+//! in the same transaction, so a payment and its announcement commit together.
+
+use chrono::{DateTime, Utc};
+use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::pb::common::v1::Money as PbMoney;
+use shopmesh_platform::pb::events::v1::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{Cursor, Money, PaymentStatus};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub currency_code: String,
+    pub amount_minor: i64,
+    pub status: String,
+    pub provider: String,
+    pub provider_reference: String,
+    pub card_display: String,
+    pub decline_reason: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PaymentRow {
+    /// The CHECK constraint admits only known statuses.
+    pub fn status(&self) -> PaymentStatus {
+        PaymentStatus::parse(&self.status).expect("payments.status is constrained to known values")
+    }
+
+    fn amount(&self) -> PbMoney {
+        PbMoney { currency_code: self.currency_code.clone(), amount_minor: self.amount_minor }
+    }
+}
+
+// A macro rather than a const so queries stay `&'static str` (sqlx's SqlSafeStr).
+macro_rules! columns {
+    () => {
+        "id, order_id, user_id, currency_code, amount_minor, status, provider, provider_reference, card_display, \
+         decline_reason, created_at, updated_at"
+    };
+}
+
+/// Serialises everything payment does for one order (reservation and
+/// cancellation arrive on different topics and may be handled concurrently).
+pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('payment.order:' || $1::text, 0))")
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn payment_for_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", columns!(), " FROM payments WHERE order_id = $1 FOR UPDATE"))
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn is_cancelled(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)")
+        .bind(order_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Remembers that `order_id` is cancelled; repeated cancellations keep the first.
+pub async fn record_cancellation(conn: &mut PgConnection, order_id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO cancelled_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
+        .bind(order_id)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How a charge attempt ended, ready to be recorded.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Captured { provider: String, provider_reference: String, card_display: String },
+    Declined { provider: String, reason: String },
+}
+
+/// What is known of an order's payment before it is recorded. The amount
+/// may be unchargeable (a decline records it as the event gave it).
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub currency_code: String,
+    pub amount_minor: i64,
+}
+
+/// Records the one payment of an order and its PaymentCaptured or
+/// PaymentDeclined. Fails on the order's unique key if one exists.
+pub async fn record_payment(
+    conn: &mut PgConnection,
+    outbox: &Outbox,
+    payment: &NewPayment,
+    outcome: &Outcome,
+) -> Result<PaymentRow, sqlx::Error> {
+    let (status, provider, reference, display, reason) = match outcome {
+        Outcome::Captured { provider, provider_reference, card_display } => {
+            (PaymentStatus::Captured, provider.as_str(), provider_reference.as_str(), card_display.as_str(), "")
+        }
+        Outcome::Declined { provider, reason } => (PaymentStatus::Declined, provider.as_str(), "", "", reason.as_str()),
+    };
+    let row: PaymentRow = sqlx::query_as(concat!(
+        "INSERT INTO payments (id, order_id, user_id, currency_code, amount_minor, status, provider,
+                               provider_reference, card_display, decline_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+        columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(payment.order_id)
+    .bind(payment.user_id)
+    .bind(&payment.currency_code)
+    .bind(payment.amount_minor)
+    .bind(status.as_str())
+    .bind(provider)
+    .bind(reference)
+    .bind(display)
+    .bind(reason)
+    .fetch_one(&mut *conn)
+    .await?;
+    match status {
+        PaymentStatus::Captured => {
+            let event = PaymentCaptured {
+                order_id: row.order_id.to_string(),
+                payment_id: row.id.to_string(),
+                amount: Some(row.amount()),
+                provider: row.provider.clone(),
+            };
+            outbox.enqueue(conn, &event).await?;
+        }
+        _ => {
+            let event = PaymentDeclined {
+                order_id: row.order_id.to_string(),
+                payment_id: row.id.to_string(),
+                reason: row.decline_reason.clone(),
+            };
+            outbox.enqueue(conn, &event).await?;
+        }
+    }
+    Ok(row)
+}
+
+/// Marks a captured payment refunded and announces it. The caller has
+/// already checked the transition and had the provider give the money back.
+pub async fn record_refund(conn: &mut PgConnection, outbox: &Outbox, payment: &PaymentRow) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(payment.id)
+        .bind(PaymentStatus::Refunded.as_str())
+        .execute(&mut *conn)
+        .await?;
+    let event = PaymentRefunded {
+        order_id: payment.order_id.to_string(),
+        payment_id: payment.id.to_string(),
+        amount: Some(payment.amount()),
+        user_id: payment.user_id.to_string(),
+    };
+    outbox.enqueue(conn, &event).await?;
+    Ok(())
+}
+
+/// The amount of a stored payment, for a provider refund.
+pub fn amount(payment: &PaymentRow) -> Option<Money> {
+    Money::parse("amount", &payment.currency_code, payment.amount_minor).ok()
+}
+
+pub async fn get_payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", columns!(), " FROM payments WHERE id = $1")).bind(id).fetch_optional(pool).await
+}
+
+/// One page of `user_id`'s payments, newest first, after `cursor`. Fetches
+/// one extra row so the caller knows whether another page exists.
+pub async fn list_payments(
+    pool: &PgPool,
+    user_id: Uuid,
+    order_id: Option<Uuid>,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM payments
+         WHERE user_id = $1
+           AND ($2::uuid IS NULL OR order_id = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5"
+    ))
+    .bind(user_id)
+    .bind(order_id)
+    .bind(cursor.map(|c| c.created_at))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await
+}

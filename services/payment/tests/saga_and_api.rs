@@ -1,0 +1,277 @@
+//! The payment handler and API against real Postgres: events are delivered
+//! the way the consumer runner does (inbox row and effect in one
+//! transaction) and what would be published is read back from the outbox.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use shopmesh_payment::domain::BreakerConfig;
+use shopmesh_payment::events::SagaHandler;
+use shopmesh_payment::grpc::PaymentApi;
+use shopmesh_payment::pb;
+use shopmesh_payment::pb::payment_service_server::PaymentService as _;
+use shopmesh_payment::provider::Router;
+use shopmesh_platform::auth::{Claims, Principal};
+use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
+use shopmesh_platform::events::{DomainEvent, ReceivedEvent};
+use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::pb::common::v1::{Money, PageRequest};
+use shopmesh_platform::pb::events::v1::{
+    CancelReason, EventEnvelope, OrderCancelled, PaymentCaptured, PaymentDeclined, PaymentRefunded, StockReserved,
+};
+use sqlx::PgPool;
+use tonic::{Code, Request};
+use uuid::Uuid;
+
+fn postgres_url() -> String {
+    std::env::var("SHOPMESH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+struct Harness {
+    pool: PgPool,
+    handler: SagaHandler,
+    api: PaymentApi,
+    db_name: String,
+}
+
+async fn harness() -> Harness {
+    let db_name = format!("payment_test_{}", Uuid::new_v4().simple());
+    let url = format!("{}/{db_name}", postgres_url());
+    shopmesh_platform::db::ensure_database(&url).await.unwrap();
+    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_payment::MIGRATOR)).await.unwrap();
+    let handler =
+        SagaHandler { router: Arc::new(Router::test_mode(BreakerConfig::default())), outbox: Outbox::new("payment") };
+    Harness { api: PaymentApi { pool: pool.clone() }, handler, pool, db_name }
+}
+
+impl Harness {
+    async fn drop_db(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
+            .execute(&admin)
+            .await;
+    }
+
+    async fn deliver(&self, event: &ReceivedEvent) -> Result<bool, HandlerError> {
+        let mut tx = self.pool.begin().await.unwrap();
+        if !shopmesh_platform::inbox::record(&mut tx, "payment", event).await.unwrap() {
+            return Ok(false);
+        }
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await.unwrap();
+        Ok(true)
+    }
+
+    /// Payloads of type `E` in the outbox, oldest first.
+    async fn published<E: DomainEvent>(&self) -> Vec<E> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT envelope FROM outbox WHERE event_type = $1 ORDER BY seq")
+            .bind(E::TYPE)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|b| E::decode(EventEnvelope::decode(b.as_slice()).unwrap().payload.as_slice()).unwrap())
+            .collect()
+    }
+
+    async fn status_of(&self, order_id: Uuid) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn received<E: DomainEvent>(event: &E) -> ReceivedEvent {
+    let envelope = shopmesh_platform::events::envelope("test", event);
+    ReceivedEvent::decode_envelope(&envelope.encode_to_vec(), E::TOPIC, 0, 0).unwrap()
+}
+
+fn reserved(order_id: Uuid, user_id: Uuid, token: &str, minor: i64) -> ReceivedEvent {
+    received(&StockReserved {
+        order_id: order_id.to_string(),
+        user_id: user_id.to_string(),
+        total: Some(Money { currency_code: "USD".into(), amount_minor: minor }),
+        payment_token: token.into(),
+        lines: vec![],
+    })
+}
+
+fn cancelled(order_id: Uuid, user_id: Uuid, reason: CancelReason) -> ReceivedEvent {
+    received(&OrderCancelled {
+        order_id: order_id.to_string(),
+        user_id: user_id.to_string(),
+        reason: reason as i32,
+        was_paid: false,
+    })
+}
+
+fn as_user<T>(user_id: Uuid, roles: &[&str], msg: T) -> Request<T> {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    let claims = Claims {
+        iss: "shopmesh-auth".into(),
+        aud: "shopmesh".into(),
+        sub: user_id.to_string(),
+        roles: roles.clone(),
+        jti: Uuid::now_v7().to_string(),
+        iat: 0,
+        exp: i64::MAX,
+        fam: String::new(),
+    };
+    let mut req = Request::new(msg);
+    req.extensions_mut().insert(Principal { user_id: user_id.to_string(), roles, claims });
+    req
+}
+
+#[tokio::test]
+async fn reservation_is_charged_once_and_cancellation_refunds_it() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+
+    let first = reserved(order, user, "tok_visa", 1234);
+    assert!(h.deliver(&first).await.unwrap());
+    assert!(!h.deliver(&first).await.unwrap(), "the inbox drops a redelivered copy");
+    // A distinct event for the same order finds the payment and charges nothing.
+    assert!(h.deliver(&reserved(order, user, "tok_visa", 1234)).await.unwrap());
+    let captured = h.published::<PaymentCaptured>().await;
+    assert_eq!(captured.len(), 1, "{captured:?}");
+    assert_eq!(captured[0].order_id, order.to_string());
+    assert_eq!(captured[0].provider, "primary");
+    assert_eq!(captured[0].amount.as_ref().unwrap().amount_minor, 1234);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("CAPTURED"));
+
+    // Decided from payment's own record: was_paid=false doesn't stop the refund.
+    h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap();
+    let refunded = h.published::<PaymentRefunded>().await;
+    assert_eq!(refunded.len(), 1);
+    assert_eq!(refunded[0].payment_id, captured[0].payment_id);
+    assert_eq!(refunded[0].user_id, user.to_string());
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+
+    // Another cancellation finds nothing left to refund.
+    h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap();
+    assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn declined_card_is_recorded_and_never_refunded() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.deliver(&reserved(order, user, "tok_chargeDeclined", 500)).await.unwrap();
+    let declined = h.published::<PaymentDeclined>().await;
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].reason, "card_declined");
+    assert_eq!(h.status_of(order).await.as_deref(), Some("DECLINED"));
+
+    h.deliver(&cancelled(order, user, CancelReason::PaymentDeclined)).await.unwrap();
+    assert!(h.published::<PaymentRefunded>().await.is_empty());
+    assert_eq!(h.status_of(order).await.as_deref(), Some("DECLINED"));
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn cancellation_before_reservation_prevents_the_charge() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap();
+    h.deliver(&reserved(order, user, "tok_visa", 999)).await.unwrap();
+    assert!(h.published::<PaymentCaptured>().await.is_empty(), "a cancelled order is not charged");
+    let declined = h.published::<PaymentDeclined>().await;
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].reason, "order cancelled");
+    assert_eq!(h.status_of(order).await.as_deref(), Some("DECLINED"));
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn provider_outage_fails_over_and_bad_amounts_are_declined() {
+    let h = harness().await;
+    let user = Uuid::now_v7();
+    let down = Uuid::now_v7();
+    h.deliver(&reserved(down, user, "tok_provider_down", 100)).await.unwrap();
+    let captured = h.published::<PaymentCaptured>().await;
+    assert_eq!(captured.len(), 1);
+    assert_eq!(captured[0].provider, "secondary");
+
+    let free = Uuid::now_v7();
+    h.deliver(&reserved(free, user, "tok_visa", 0)).await.unwrap();
+    let declined = h.published::<PaymentDeclined>().await;
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].reason, "invalid_amount");
+
+    // Without an order id nothing can ever apply: dead-letter.
+    let broken = received(&StockReserved { order_id: "nope".into(), ..Default::default() });
+    assert!(matches!(h.deliver(&broken).await, Err(HandlerError::Permanent(_))));
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn api_shows_only_the_callers_payments_paginated() {
+    let h = harness().await;
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut alice_orders = Vec::new();
+    for i in 0..5 {
+        let order = Uuid::now_v7();
+        h.deliver(&reserved(order, alice, "tok_visa", 100 + i)).await.unwrap();
+        alice_orders.push(order);
+    }
+    let bob_order = Uuid::now_v7();
+    h.deliver(&reserved(bob_order, bob, "tok_mastercard", 700)).await.unwrap();
+
+    // Newest first, two per page, all five exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListPaymentsRequest {
+            order_id: String::new(),
+            page: Some(PageRequest { page_size: 2, page_token: token.clone() }),
+        };
+        let resp = h.api.list_payments(as_user(alice, &["customer"], req)).await.unwrap().into_inner();
+        assert!(resp.payments.len() <= 2);
+        seen.extend(resp.payments.iter().map(|p| p.order_id.clone()));
+        token = resp.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let expected: Vec<String> = alice_orders.iter().rev().map(Uuid::to_string).collect();
+    assert_eq!(seen, expected);
+
+    // Filter by order.
+    let req = pb::ListPaymentsRequest { order_id: alice_orders[2].to_string(), page: None };
+    let resp = h.api.list_payments(as_user(alice, &["customer"], req)).await.unwrap().into_inner();
+    assert_eq!(resp.payments.len(), 1);
+    let payment = &resp.payments[0];
+    assert_eq!(payment.status, pb::PaymentStatus::Captured as i32);
+    assert_eq!(payment.card_display, "visa ending 4242");
+    assert_eq!(payment.amount.as_ref().unwrap().amount_minor, 102);
+
+    // Another user's payment looks missing, except to an admin.
+    let bobs = h
+        .api
+        .list_payments(as_user(bob, &["customer"], pb::ListPaymentsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .payments;
+    assert_eq!(bobs.len(), 1);
+    let get = |user, roles: &'static [&'static str], id: String| {
+        h.api.get_payment(as_user(user, roles, pb::GetPaymentRequest { id }))
+    };
+    assert_eq!(get(alice, &["customer"], bobs[0].id.clone()).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get(bob, &["customer"], bobs[0].id.clone()).await.unwrap().into_inner().payment.unwrap().order_id,
+        bob_order.to_string()
+    );
+    assert!(get(alice, &["customer", "admin"], bobs[0].id.clone()).await.is_ok());
+    assert_eq!(get(alice, &["customer"], "x".into()).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // No token, no payments.
+    let anonymous = h.api.list_payments(Request::new(pb::ListPaymentsRequest::default())).await;
+    assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
+    h.drop_db().await;
+}
