@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/inventory/v1/inventory.proto"], false);
+}

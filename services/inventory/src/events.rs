@@ -1,0 +1,175 @@
+//! What inventory publishes (StockReserved, StockReservationFailed,
+//! StockReleased, StockCommitted, LowStock — always through the outbox, in
+//! the transaction of the change) and its part of the checkout saga:
+//!
+//! | event (topic)                    | effect                                          |
+//! |----------------------------------|-------------------------------------------------|
+//! | OrderCreated (order-events)      | reserve all lines → StockReserved / ...Failed   |
+//! | PaymentDeclined (payment-events) | release a RESERVED reservation                  |
+//! | OrderCancelled (order-events)    | release RESERVED, or restock COMMITTED          |
+//! | OrderConfirmed (order-events)    | commit                                          |
+//!
+//! Each step is idempotent per order id on its own (reservations table), on
+//! top of the platform inbox deduplicating redelivered events. A release that
+//! arrives before its reserve leaves a tombstone, so the late reserve does
+//! nothing (see `domain::ReleaseStep::Tombstone`).
+
+use shopmesh_platform::consumer::{EventHandler, HandlerError};
+use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
+use shopmesh_platform::pb::common::v1::Money;
+use shopmesh_platform::pb::events::v1 as ev;
+use sqlx::PgConnection;
+
+use crate::domain::{
+    CommitStep, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
+};
+use crate::store::Store;
+
+/// Consumer group and inbox name.
+pub const CONSUMER: &str = "inventory";
+
+/// Fields of OrderCreated that StockReserved passes on to payment untouched
+/// (inventory never reads them).
+#[derive(Debug, Clone, Default)]
+pub struct OrderContext {
+    pub user_id: String,
+    pub total: Option<Money>,
+    pub payment_token: String,
+    /// The order's lines as the order service priced them.
+    pub lines: Vec<ev::OrderLine>,
+}
+
+pub fn stock_reserved(r: &Reservation, order: Option<&OrderContext>) -> ev::StockReserved {
+    let order_id = r.order_id.to_string();
+    match order {
+        Some(o) => ev::StockReserved {
+            order_id,
+            lines: o.lines.clone(),
+            user_id: o.user_id.clone(),
+            total: o.total.clone(),
+            payment_token: o.payment_token.clone(),
+        },
+        // Admin reservations carry no prices or payment details.
+        None => ev::StockReserved {
+            order_id,
+            lines: r
+                .lines
+                .iter()
+                .map(|l| ev::OrderLine {
+                    product_id: l.product_id.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price: None,
+                })
+                .collect(),
+            ..Default::default()
+        },
+    }
+}
+
+pub fn reservation_failed(r: &Reservation, reason: &str) -> ev::StockReservationFailed {
+    ev::StockReservationFailed {
+        order_id: r.order_id.to_string(),
+        short_product_ids: r.short_product_ids.iter().map(ToString::to_string).collect(),
+        reason: reason.to_owned(),
+    }
+}
+
+pub fn low_stock(product_id: ProductId, level: &StockLevel) -> ev::LowStock {
+    ev::LowStock {
+        product_id: product_id.to_string(),
+        available: level.available(),
+        threshold: level.low_stock_threshold,
+    }
+}
+
+/// Inventory's steps of the checkout saga.
+pub struct SagaHandler {
+    pub store: Store,
+}
+
+fn order_id(raw: &str) -> Result<OrderId, HandlerError> {
+    // Without a valid id there is no one to answer: dead-letter.
+    OrderId::parse("order_id", raw).map_err(|e| HandlerError::Permanent(e.to_string()))
+}
+
+impl SagaHandler {
+    async fn order_created(&self, tx: &mut PgConnection, created: ev::OrderCreated) -> Result<(), HandlerError> {
+        let order_id = order_id(&created.order_id)?;
+        let raw: Vec<(&str, i32)> = created.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+        let lines = match ReservationLines::parse(&raw) {
+            Ok(lines) => lines,
+            Err(invalid) => {
+                // Retrying won't fix the lines; answer so the order is cancelled.
+                let r = self.store.reject_in(tx, order_id, &format!("invalid order lines: {invalid}")).await?;
+                tracing::warn!(%order_id, %invalid, status = r.status.as_str(), "OrderCreated with invalid lines");
+                return Ok(());
+            }
+        };
+        let context = OrderContext {
+            user_id: created.user_id,
+            total: created.total,
+            payment_token: created.payment_token,
+            lines: created.lines,
+        };
+        let r = self.store.reserve_in(tx, order_id, &lines, Some(&context)).await?;
+        tracing::info!(%order_id, status = r.status.as_str(), short = r.short_product_ids.len(), "reservation for OrderCreated");
+        Ok(())
+    }
+
+    async fn release(&self, tx: &mut PgConnection, raw_order_id: &str, mode: ReleaseMode) -> Result<(), HandlerError> {
+        let order_id = order_id(raw_order_id)?;
+        let outcome = self.store.release_in(tx, order_id, mode).await?;
+        if outcome.step == ReleaseStep::RefuseCommitted {
+            // Payment is declined before commit in the saga; a committed order
+            // here means events crossed. Keep the shipped stock, but say so.
+            tracing::warn!(%order_id, "release of a committed reservation ignored");
+        } else {
+            tracing::info!(%order_id, step = ?outcome.step, "reservation released");
+        }
+        Ok(())
+    }
+
+    async fn order_confirmed(&self, tx: &mut PgConnection, confirmed: ev::OrderConfirmed) -> Result<(), HandlerError> {
+        let order_id = order_id(&confirmed.order_id)?;
+        let outcome = self.store.commit_in(tx, order_id).await?;
+        match outcome.step {
+            CommitStep::Commit | CommitStep::AlreadyCommitted => {
+                tracing::info!(%order_id, step = ?outcome.step, "reservation committed");
+                Ok(())
+            }
+            // A confirmed order whose stock isn't held is an inconsistency
+            // for an operator; the DLQ records it.
+            CommitStep::NotFound => {
+                Err(HandlerError::Permanent(format!("order {order_id} confirmed but never reserved")))
+            }
+            CommitStep::Refuse(status) => Err(HandlerError::Permanent(format!(
+                "order {order_id} confirmed but its reservation is {}",
+                status.as_str()
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for SagaHandler {
+    fn wants(&self, event_type: &str) -> bool {
+        [ev::OrderCreated::TYPE, ev::PaymentDeclined::TYPE, ev::OrderCancelled::TYPE, ev::OrderConfirmed::TYPE]
+            .contains(&event_type)
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        if event.is::<ev::OrderCreated>() {
+            self.order_created(tx, event.payload()?).await
+        } else if event.is::<ev::PaymentDeclined>() {
+            let declined: ev::PaymentDeclined = event.payload()?;
+            self.release(tx, &declined.order_id, ReleaseMode::KeepCommitted).await
+        } else if event.is::<ev::OrderCancelled>() {
+            let cancelled: ev::OrderCancelled = event.payload()?;
+            self.release(tx, &cancelled.order_id, ReleaseMode::RestockCommitted).await
+        } else if event.is::<ev::OrderConfirmed>() {
+            self.order_confirmed(tx, event.payload()?).await
+        } else {
+            Ok(())
+        }
+    }
+}
