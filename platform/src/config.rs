@@ -234,7 +234,9 @@ impl ServiceConfig {
     pub fn load(name: &str, source: &ConfigSource, needs: Needs) -> Result<Self, ConfigError> {
         let s = source.scoped(name);
         let database_url = if needs.postgres { Some(s.require("DATABASE_URL")?) } else { s.get("DATABASE_URL") };
-        let redis = if needs.redis {
+        let jwks_url = s.get("JWKS_URL").filter(|u| !u.is_empty());
+        // Verifying tokens includes the logout denylist, which lives in Redis.
+        let redis = if needs.redis || jwks_url.is_some() {
             Some(RedisConfig {
                 url: s.require("REDIS_URL")?,
                 key_prefix: s.get("REDIS_KEY_PREFIX").unwrap_or_default(),
@@ -263,7 +265,7 @@ impl ServiceConfig {
             redis,
             kafka,
             shutdown_grace: s.millis_or("SHUTDOWN_GRACE_MS", Duration::from_secs(20))?,
-            jwks_url: s.get("JWKS_URL"),
+            jwks_url,
             jwt_issuer: s.get("JWT_ISSUER").unwrap_or_else(|| "shopmesh-auth".into()),
             jwt_audience: s.get("JWT_AUDIENCE").unwrap_or_else(|| "shopmesh".into()),
             source: s,
@@ -293,6 +295,13 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("SHOPMESH_DATABASE_URL"), "{msg}");
         assert!(msg.contains("SHOPMESH_CATALOG_DATABASE_URL"), "{msg}");
+    }
+
+    #[test]
+    fn token_verification_requires_redis_for_the_denylist() {
+        let src = ConfigSource::from_pairs([("JWKS_URL", "http://auth/.well-known/jwks.json")]);
+        let msg = ServiceConfig::load("inventory", &src, Needs::default()).unwrap_err().to_string();
+        assert!(msg.contains("SHOPMESH_REDIS_URL"), "{msg}");
     }
 
     #[test]
