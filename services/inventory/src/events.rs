@@ -39,30 +39,13 @@ pub struct OrderContext {
     pub lines: Vec<ev::OrderLine>,
 }
 
-pub fn stock_reserved(r: &Reservation, order: Option<&OrderContext>) -> ev::StockReserved {
-    let order_id = r.order_id.to_string();
-    match order {
-        Some(o) => ev::StockReserved {
-            order_id,
-            lines: o.lines.clone(),
-            user_id: o.user_id.clone(),
-            total: o.total.clone(),
-            payment_token: o.payment_token.clone(),
-        },
-        // Admin reservations carry no prices or payment details.
-        None => ev::StockReserved {
-            order_id,
-            lines: r
-                .lines
-                .iter()
-                .map(|l| ev::OrderLine {
-                    product_id: l.product_id.to_string(),
-                    quantity: l.quantity.get(),
-                    unit_price: None,
-                })
-                .collect(),
-            ..Default::default()
-        },
+pub fn stock_reserved(r: &Reservation, o: &OrderContext) -> ev::StockReserved {
+    ev::StockReserved {
+        order_id: r.order_id.to_string(),
+        lines: o.lines.clone(),
+        user_id: o.user_id.clone(),
+        total: o.total.clone(),
+        payment_token: o.payment_token.clone(),
     }
 }
 

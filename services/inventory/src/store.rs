@@ -140,7 +140,9 @@ impl Store {
     /// Reserves every line or none. An order that already has a reservation
     /// (in any status, tombstones included) gets it back unchanged and no
     /// event — the first attempt already published its outcome. `order`
-    /// carries the saga's fields StockReserved passes on to payment.
+    /// carries the saga's fields StockReserved passes on to payment; an admin
+    /// reservation (`None`) is outside any checkout, so it publishes no saga
+    /// outcome (a StockReserved without a payment token would start a charge).
     pub async fn reserve_in(
         &self,
         conn: &mut PgConnection,
@@ -160,8 +162,10 @@ impl Store {
         if status == ReservationStatus::Reserved {
             let after = adjust_stock(conn, lines.lines(), 0, 1).await?;
             self.enqueue_low_stock(conn, &before, &after).await?;
-            self.outbox.enqueue(conn, &events::stock_reserved(&reservation, order)).await?;
-        } else {
+            if let Some(order) = order {
+                self.outbox.enqueue(conn, &events::stock_reserved(&reservation, order)).await?;
+            }
+        } else if order.is_some() {
             let failed = events::reservation_failed(&reservation, REASON_INSUFFICIENT_STOCK);
             self.outbox.enqueue(conn, &failed).await?;
         }
