@@ -21,6 +21,7 @@ pub mod openapi;
 mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod settings;
 pub mod transcode;
 pub mod upstream;
 

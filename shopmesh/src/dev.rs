@@ -26,8 +26,11 @@ pub fn dev_source(base: ConfigSource) -> ConfigSource {
         }
         source = source
             .set_default(&scoped("GRPC_ADDR"), format!("127.0.0.1:{}", GRPC_BASE + i))
-            .set_default(&scoped("HTTP_ADDR"), format!("127.0.0.1:{}", HTTP_BASE + i));
+            .set_default(&scoped("HTTP_ADDR"), format!("127.0.0.1:{}", HTTP_BASE + i))
+            // How the gateway and other services reach this one.
+            .set_default(&format!("{}_URL", name.to_uppercase()), format!("http://127.0.0.1:{}", GRPC_BASE + i));
     }
+    source = source.set_default("GATEWAY_LISTEN", "127.0.0.1:8080");
     if let Some(auth) = SERVICES.iter().position(|d| d.spec.name == "auth") {
         source = source
             .set_default("JWKS_URL", format!("http://127.0.0.1:{}/.well-known/jwks.json", HTTP_BASE + auth as u16));
@@ -45,7 +48,13 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         launched.push(launch(def, config, shutdown.clone()).await?);
     }
+    let gateway = shopmesh_gateway::settings::launch(
+        shopmesh_gateway::settings::GatewaySettings::load(&source, &crate::registry::gateway_backends())?,
+        shutdown.clone(),
+    )
+    .await?;
     println!("\nshopmesh dev is up:");
+    println!("  {:<14} http://{}  (REST; /openapi.json, /docs)", "gateway", gateway.addr);
     for l in &launched {
         println!("  {:<14} grpc http://{:<21} ops http://{}", l.name, l.grpc_addr, l.http_addr);
     }
@@ -54,6 +63,11 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
         launched.first().map(|l| l.grpc_addr.to_string()).unwrap_or_default()
     );
     shutdown.wait().await;
+    match gateway.task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "gateway stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "gateway task failed"),
+        Ok(Ok(())) => {}
+    }
     for l in launched {
         match l.task.await {
             Ok(Err(e)) => tracing::error!(service = l.name, error = %e, "service stopped with an error"),

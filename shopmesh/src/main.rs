@@ -6,6 +6,7 @@ mod dev;
 mod registry;
 
 use clap::{Parser, Subcommand};
+use shopmesh_gateway::settings::GatewaySettings;
 use shopmesh_platform::config::{ConfigSource, ServiceConfig};
 use shopmesh_platform::shutdown::Shutdown;
 
@@ -71,6 +72,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for def in registry::SERVICES {
                 println!("{}", def.spec.name);
             }
+            println!("{}", registry::GATEWAY);
+            Ok(())
+        }
+        Command::Serve { service } if service == registry::GATEWAY => {
+            let _telemetry = shopmesh_platform::telemetry::init(registry::GATEWAY)?;
+            let settings = GatewaySettings::load(&ConfigSource::from_env()?, &registry::gateway_backends())?;
+            let launched = shopmesh_gateway::settings::launch(settings, Shutdown::on_signals()).await?;
+            launched.task.await??;
             Ok(())
         }
         Command::Serve { service } => {

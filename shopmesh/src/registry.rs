@@ -6,7 +6,15 @@ pub static SERVICES: &[&ServiceDef] = &[&shopmesh_auth::SERVICE, &shopmesh_user:
 
 pub fn find(name: &str) -> anyhow::Result<&'static ServiceDef> {
     SERVICES.iter().copied().find(|d| d.spec.name == name).ok_or_else(|| {
-        let names: Vec<_> = SERVICES.iter().map(|d| d.spec.name).collect();
+        let names: Vec<_> = SERVICES.iter().map(|d| d.spec.name).chain([GATEWAY]).collect();
         anyhow::anyhow!("unknown service {name:?}; known: {}", names.join(", "))
     })
+}
+
+/// The gateway's name in `serve` and its upstream map: each service name with
+/// the proto services it serves.
+pub const GATEWAY: &str = "gateway";
+
+pub fn gateway_backends() -> Vec<(&'static str, &'static [&'static str])> {
+    SERVICES.iter().map(|d| (d.spec.name, d.spec.grpc_services)).collect()
 }

@@ -72,6 +72,8 @@ pub fn descriptor_set_of_all(name: &str) {
     let mut files = Vec::new();
     collect_protos(&root.join("shopmesh"), &mut files);
     files.sort();
+    // Standard error details, so the gateway can render them as JSON.
+    files.push(root.join("third_party/google/rpc/error_details.proto"));
     let mut cmd = Command::new(protoc_bin_vendored::protoc_bin_path().unwrap());
     for inc in includes() {
         cmd.arg(format!("-I{}", inc.display()));
