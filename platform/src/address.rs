@@ -21,10 +21,12 @@ fn text(value: &str, field: &str, min: usize, max: usize) -> Result<String, Stat
     Ok(v.to_owned())
 }
 
-/// "+" then 7–15 digits (E.164); empty means none.
+/// "+" then 7–15 digits, not starting with 0 (E.164); empty means none.
 pub fn valid_phone(phone: &str) -> bool {
     phone.is_empty()
-        || phone.strip_prefix('+').is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+        || phone.strip_prefix('+').is_some_and(|d| {
+            (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+        })
 }
 
 /// Validates and normalises (trims, upper-cases the country) an address;
@@ -99,5 +101,6 @@ mod tests {
         assert!(!valid_phone("4915112345678"));
         assert!(!valid_phone("+12"));
         assert!(!valid_phone("+49 151"));
+        assert!(!valid_phone("+0123456789"), "no country code starts with 0");
     }
 }

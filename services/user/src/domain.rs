@@ -1,6 +1,9 @@
 //! Profile and address-book rules: what a valid name, phone and postal
 //! address are, and how an update mask selects what changes. Pure.
 
+use shopmesh_platform::pb::common::v1::PostalAddress;
+use tonic::Status;
+
 /// Why a value was rejected; `field` is the request field path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -59,11 +62,10 @@ impl Phone {
         if v.is_empty() {
             return Ok(Self(String::new()));
         }
-        let digits =
-            v.strip_prefix('+').filter(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
-        match digits {
-            Some(d) if !d.starts_with('0') => Ok(Self(v.to_owned())),
-            _ => Err(Invalid::new(field, "must be in E.164 format: + and 7 to 15 digits, e.g. +4930123456")),
+        if shopmesh_platform::address::valid_phone(v) {
+            Ok(Self(v.to_owned()))
+        } else {
+            Err(Invalid::new(field, "must be in E.164 format: + and 7 to 15 digits, e.g. +4930123456"))
         }
     }
 
@@ -109,63 +111,29 @@ impl ProfileUpdate {
     }
 }
 
-/// ISO 3166-1 alpha-2 shape: two upper-case ASCII letters.
-fn country_code(field: &str, raw: &str) -> Result<String, Invalid> {
-    let v = raw.trim();
-    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(v.to_owned())
-    } else {
-        Err(Invalid::new(field, "must be an ISO 3166-1 alpha-2 code of two upper-case letters, e.g. DE"))
-    }
-}
-
-/// An address as submitted, before validation.
-#[derive(Debug, Clone, Default)]
-pub struct RawAddress {
-    pub label: String,
-    pub recipient_name: String,
-    pub line1: String,
-    pub line2: String,
-    pub city: String,
-    pub region: String,
-    pub postal_code: String,
-    pub country_code: String,
-    pub phone: String,
-    pub make_default: bool,
-}
-
 /// A validated address to add to the caller's book.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewAddress {
     pub label: String,
-    pub recipient_name: String,
-    pub line1: String,
-    pub line2: String,
-    pub city: String,
-    pub region: String,
-    pub postal_code: String,
-    pub country_code: String,
-    pub phone: Phone,
+    /// Checked and normalised by the platform's one definition of a
+    /// shippable address (the same rules checkout applies).
+    pub postal: PostalAddress,
     /// Asked to become the default (the first address always does).
     pub make_default: bool,
 }
 
 impl NewAddress {
     /// `prefix` is the request path of the postal address, used in field names.
-    pub fn parse(raw: RawAddress, label_field: &str, prefix: &str) -> Result<Self, Invalid> {
-        let f = |name: &str| format!("{prefix}.{name}");
-        Ok(Self {
-            label: text(label_field, &raw.label, 50, false)?,
-            recipient_name: text(&f("recipient_name"), &raw.recipient_name, MAX_NAME_CHARS, true)?,
-            line1: text(&f("line1"), &raw.line1, 200, true)?,
-            line2: text(&f("line2"), &raw.line2, 200, false)?,
-            city: text(&f("city"), &raw.city, 100, true)?,
-            region: text(&f("region"), &raw.region, 100, false)?,
-            postal_code: text(&f("postal_code"), &raw.postal_code, 20, true)?,
-            country_code: country_code(&f("country_code"), &raw.country_code)?,
-            phone: Phone::parse(&f("phone"), &raw.phone)?,
-            make_default: raw.make_default,
-        })
+    pub fn parse(
+        label: &str,
+        postal: &PostalAddress,
+        make_default: bool,
+        label_field: &str,
+        prefix: &str,
+    ) -> Result<Self, Status> {
+        let label = text(label_field, label, 50, false)
+            .map_err(|e| shopmesh_platform::grpc::invalid_argument(&e.field, e.reason))?;
+        Ok(Self { label, postal: shopmesh_platform::address::validate(postal, prefix)?, make_default })
     }
 
     /// Whether the new address is the default, given how many the user has.
@@ -233,32 +201,37 @@ mod tests {
         assert_eq!(ProfileUpdate::from_mask(&paths(&["phone"]), "", "12345").unwrap_err().field, "profile.phone");
     }
 
-    fn raw() -> RawAddress {
-        RawAddress {
-            label: "home".into(),
+    fn postal() -> PostalAddress {
+        PostalAddress {
             recipient_name: "Ada Lovelace".into(),
             line1: "Unter den Linden 1".into(),
             city: "Berlin".into(),
             postal_code: "10117".into(),
             country_code: "DE".into(),
-            ..RawAddress::default()
+            ..PostalAddress::default()
         }
     }
 
-    fn parse(r: RawAddress) -> Result<NewAddress, Invalid> {
-        NewAddress::parse(r, "address.label", "address.postal_address")
+    fn parse(label: &str, p: PostalAddress) -> Result<NewAddress, Status> {
+        NewAddress::parse(label, &p, false, "address.label", "address.postal_address")
+    }
+
+    fn field_of(e: Status) -> String {
+        e.message().split(':').next().unwrap_or_default().to_owned()
     }
 
     #[test]
-    fn valid_address_is_trimmed() {
-        let a = parse(RawAddress { city: "  Berlin ".into(), ..raw() }).unwrap();
-        assert_eq!(a.city, "Berlin");
-        assert_eq!(a.phone.as_str(), "");
+    fn valid_address_is_trimmed_and_normalised() {
+        let a =
+            parse("home", PostalAddress { city: "  Berlin ".into(), country_code: "de".into(), ..postal() }).unwrap();
+        assert_eq!(a.postal.city, "Berlin");
+        assert_eq!(a.postal.country_code, "DE");
+        assert_eq!(a.postal.phone, "");
     }
 
     #[test]
     fn address_requires_its_fields() {
-        type Breaker = fn(&mut RawAddress);
+        type Breaker = fn(&mut PostalAddress);
         let cases: [(&str, Breaker); 5] = [
             ("recipient_name", |r| r.recipient_name.clear()),
             ("line1", |r| r.line1 = "  ".into()),
@@ -267,36 +240,37 @@ mod tests {
             ("country_code", |r| r.country_code.clear()),
         ];
         for (field, break_it) in cases {
-            let mut r = raw();
-            break_it(&mut r);
-            assert_eq!(parse(r).unwrap_err().field, format!("address.postal_address.{field}"));
+            let mut p = postal();
+            break_it(&mut p);
+            assert_eq!(field_of(parse("home", p).unwrap_err()), format!("address.postal_address.{field}"));
         }
     }
 
     #[test]
-    fn country_code_is_two_uppercase_letters() {
-        for bad in ["de", "DEU", "D", "D1", "Dé"] {
-            assert!(parse(RawAddress { country_code: bad.into(), ..raw() }).is_err(), "{bad:?}");
+    fn country_code_is_two_letters() {
+        for bad in ["DEU", "D", "D1", "Dé"] {
+            assert!(parse("home", PostalAddress { country_code: bad.into(), ..postal() }).is_err(), "{bad:?}");
         }
-        assert!(parse(RawAddress { country_code: "US".into(), ..raw() }).is_ok());
+        assert!(parse("home", PostalAddress { country_code: "US".into(), ..postal() }).is_ok());
     }
 
     #[test]
     fn address_lengths_and_phone_are_checked() {
-        let e = parse(RawAddress { postal_code: "1".repeat(21), ..raw() }).unwrap_err();
-        assert_eq!(e.field, "address.postal_address.postal_code");
-        let e = parse(RawAddress { label: "l".repeat(51), ..raw() }).unwrap_err();
-        assert_eq!(e.field, "address.label");
-        let e = parse(RawAddress { phone: "030 123".into(), ..raw() }).unwrap_err();
-        assert_eq!(e.field, "address.postal_address.phone");
+        let e = parse("home", PostalAddress { postal_code: "1".repeat(21), ..postal() }).unwrap_err();
+        assert_eq!(field_of(e), "address.postal_address.postal_code");
+        let e = parse(&"l".repeat(51), postal()).unwrap_err();
+        assert_eq!(field_of(e), "address.label");
+        let e = parse("home", PostalAddress { phone: "030 123".into(), ..postal() }).unwrap_err();
+        assert_eq!(field_of(e), "address.postal_address.phone");
     }
 
     #[test]
     fn first_address_becomes_default_and_book_is_capped() {
-        let a = parse(raw()).unwrap();
+        let a = parse("home", postal()).unwrap();
         assert!(a.becomes_default(0));
         assert!(!a.becomes_default(3));
-        assert!(parse(RawAddress { make_default: true, ..raw() }).unwrap().becomes_default(3));
+        let wants_default = NewAddress::parse("w", &postal(), true, "address.label", "address.postal_address").unwrap();
+        assert!(wants_default.becomes_default(3));
         assert!(check_capacity(19).is_ok());
         assert!(check_capacity(20).is_err());
     }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{Invalid, NewAddress, ProfileUpdate, RawAddress};
+use crate::domain::{Invalid, NewAddress, ProfileUpdate};
 use crate::pb;
 use crate::store::{self, AddError, AddressRow, ProfileRow};
 
@@ -32,19 +32,7 @@ impl TryFrom<pb::AddAddressRequest> for NewAddress {
     fn try_from(r: pb::AddAddressRequest) -> Result<Self, Status> {
         let address = r.address.ok_or_else(|| invalid_argument("address", "is required"))?;
         let postal = address.postal_address.ok_or_else(|| invalid_argument("address.postal_address", "is required"))?;
-        let raw = RawAddress {
-            label: address.label,
-            recipient_name: postal.recipient_name,
-            line1: postal.line1,
-            line2: postal.line2,
-            city: postal.city,
-            region: postal.region,
-            postal_code: postal.postal_code,
-            country_code: postal.country_code,
-            phone: postal.phone,
-            make_default: address.is_default,
-        };
-        Ok(NewAddress::parse(raw, "address.label", "address.postal_address")?)
+        NewAddress::parse(&address.label, &postal, address.is_default, "address.label", "address.postal_address")
     }
 }
 

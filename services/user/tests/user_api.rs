@@ -207,7 +207,7 @@ async fn address_book_is_private_defaulted_and_capped() {
     assert!(list[0].is_default && list[0].id == second.id);
 
     let mut bad = address("Berlin");
-    bad.address.as_mut().unwrap().postal_address.as_mut().unwrap().country_code = "de".into();
+    bad.address.as_mut().unwrap().postal_address.as_mut().unwrap().country_code = "DEU".into();
     let err = h.api.add_address(as_user(ada, bad)).await.unwrap_err();
     assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, "address.postal_address.country_code"));
     let err = h.api.add_address(as_user(ada, pb::AddAddressRequest { address: None })).await.unwrap_err();
