@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/catalog/v1/catalog.proto"], false);
+}
