@@ -6,6 +6,8 @@
 //! and `SHOPMESH_TEST_KAFKA_BROKERS`, defaulting to the local stack that
 //! `scripts/test.sh` brings up.
 
+pub mod tokens;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -95,6 +97,28 @@ impl TestEnv {
     pub async fn launch(&self, def: &'static ServiceDef) -> Launched {
         let config = self.config(def).await;
         launch(def, config, self.shutdown.clone()).await.expect("service starts")
+    }
+
+    /// Points every service launched from now on at `auth`'s JWKS.
+    pub fn trust_auth(&mut self, auth: &Launched) {
+        self.set("JWKS_URL", format!("http://{}/.well-known/jwks.json", auth.http_addr));
+    }
+
+    /// Starts the gateway in front of `backends` (each proto service of a
+    /// backend routes to it); returns its base URL. Settings set on this env
+    /// (rate limits, `GATEWAY_UPSTREAMS`, …) apply.
+    pub async fn launch_gateway(&self, backends: &[(&ServiceDef, &Launched)]) -> String {
+        let mut source = self.source.clone().set("GATEWAY_LISTEN", "127.0.0.1:0");
+        for (def, launched) in backends {
+            source =
+                source.set(&format!("{}_URL", def.spec.name.to_uppercase()), format!("http://{}", launched.grpc_addr));
+        }
+        let services: Vec<(&str, &[&str])> =
+            backends.iter().map(|(d, _)| (d.spec.name, d.spec.grpc_services)).collect();
+        let settings = shopmesh_gateway::settings::GatewaySettings::load(&source, &services).expect("gateway config");
+        let gateway =
+            shopmesh_gateway::settings::launch(settings, self.shutdown.clone()).await.expect("gateway starts");
+        format!("http://{}", gateway.addr)
     }
 
     /// A Kafka handle with this test's prefix.

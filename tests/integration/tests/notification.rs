@@ -1,0 +1,128 @@
+//! Notification over the real broker: order outcomes become one message each
+//! (a redelivered event none extra), and a refund payment publishes reaches
+//! the customer as "Refund issued".
+
+use std::time::Duration;
+
+use prost::Message;
+use rdkafka::producer::FutureRecord;
+use shopmesh_integration_tests::{TestEnv, eventually};
+use shopmesh_platform::events::DomainEvent;
+use shopmesh_platform::kafka::Kafka;
+use shopmesh_platform::pb::common::v1::Money;
+use shopmesh_platform::pb::events::v1 as ev;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn publish_raw(kafka: &Kafka, topic: &str, key: &str, bytes: &[u8]) {
+    let topic = kafka.config.topic(topic);
+    kafka
+        .producer()
+        .send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(10))
+        .await
+        .expect("broker accepts the event");
+}
+
+async fn publish<E: DomainEvent>(kafka: &Kafka, event: &E) -> Vec<u8> {
+    let bytes = shopmesh_platform::events::envelope("test", event).encode_to_vec();
+    publish_raw(kafka, E::TOPIC, event.aggregate_id(), &bytes).await;
+    bytes
+}
+
+/// (title, body) of `user`'s notifications, oldest first, once there are `n`.
+async fn notifications(pool: &PgPool, user: Uuid, n: usize) -> Vec<(String, String)> {
+    eventually(&format!("{n} notifications"), Duration::from_secs(30), || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT title, body FROM notifications WHERE user_id = $1 ORDER BY created_at, id")
+                .bind(user)
+                .fetch_all(pool)
+                .await
+                .ok()?;
+        (rows.len() >= n).then_some(rows)
+    })
+    .await
+}
+
+fn usd(minor: i64) -> Option<Money> {
+    Some(Money { currency_code: "USD".into(), amount_minor: minor })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_outcomes_notify_the_customer_once_each() {
+    let env = TestEnv::new();
+    let _svc = env.launch(&shopmesh_notification::SERVICE).await;
+    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
+    let kafka = env.kafka();
+    let user = Uuid::now_v7();
+    let order = Uuid::now_v7().to_string();
+
+    let confirmed = ev::OrderConfirmed { order_id: order.clone(), user_id: user.to_string(), total: usd(1999) };
+    let bytes = publish(&kafka, &confirmed).await;
+    publish_raw(&kafka, ev::OrderConfirmed::TOPIC, &order, &bytes).await;
+    let cancelled = ev::OrderCancelled {
+        order_id: order.clone(),
+        user_id: user.to_string(),
+        reason: ev::CancelReason::OutOfStock as i32,
+        was_paid: false,
+    };
+    publish(&kafka, &cancelled).await;
+
+    let rows = notifications(&pool, user, 2).await;
+    // Give a duplicate time to show up if it were going to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows_after = notifications(&pool, user, 2).await;
+    assert_eq!(rows, rows_after, "the redelivered confirmation added nothing");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "Order confirmed");
+    assert!(rows[0].1.contains("USD 19.99"), "{}", rows[0].1);
+    assert_eq!(rows[1].0, "Order cancelled");
+    assert!(rows[1].1.contains("out of stock"), "{}", rows[1].1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_by_payment_reaches_the_customer() {
+    let env = TestEnv::new();
+    let _payment = env.launch(&shopmesh_payment::SERVICE).await;
+    let _notification = env.launch(&shopmesh_notification::SERVICE).await;
+    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
+    let kafka = env.kafka();
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+
+    publish(
+        &kafka,
+        &ev::StockReserved {
+            order_id: order.to_string(),
+            user_id: user.to_string(),
+            total: usd(1234),
+            payment_token: "tok_visa".into(),
+            lines: vec![],
+        },
+    )
+    .await;
+    let payment_db = shopmesh_platform::db::connect(&env.database_url("payment").await, 2).await.unwrap();
+    eventually("capture", Duration::from_secs(30), || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&payment_db)
+            .await
+            .ok()?;
+        (status.as_deref() == Some("CAPTURED")).then_some(())
+    })
+    .await;
+    publish(
+        &kafka,
+        &ev::OrderCancelled {
+            order_id: order.to_string(),
+            user_id: user.to_string(),
+            reason: ev::CancelReason::CustomerRequest as i32,
+            was_paid: true,
+        },
+    )
+    .await;
+
+    // Notification hears both the cancellation (order-events) and payment's refund (payment-events).
+    let rows = notifications(&pool, user, 2).await;
+    let refund = rows.iter().find(|(title, _)| title == "Refund issued").expect("refund notification");
+    assert_eq!(refund.1, format!("We refunded USD 12.34 for your order {order}."));
+    assert!(rows.iter().any(|(title, _)| title == "Order cancelled"), "{rows:?}");
+}
