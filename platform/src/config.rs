@@ -195,6 +195,9 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// Also the group's rebalance timeout: how long a rebalance waits for a
+    /// member that went quiet (and how long one message may take).
+    pub max_poll_interval: Duration,
     /// Attempts before a failing message goes to `<topic>.dlq`.
     pub max_attempts: u32,
 }
@@ -251,6 +254,7 @@ impl ServiceConfig {
                 topic_prefix: s.get("KAFKA_TOPIC_PREFIX").unwrap_or_default(),
                 session_timeout: s.millis_or("KAFKA_SESSION_TIMEOUT_MS", Duration::from_millis(10_000))?,
                 heartbeat_interval: s.millis_or("KAFKA_HEARTBEAT_MS", Duration::from_millis(3_000))?,
+                max_poll_interval: s.millis_or("KAFKA_MAX_POLL_INTERVAL_MS", Duration::from_millis(60_000))?,
                 max_attempts: s.parse_or("KAFKA_MAX_ATTEMPTS", 5)?,
             })
         } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use sqlx::{PgConnection, PgPool};
@@ -107,7 +107,7 @@ impl EventConsumer {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(consumer = %self.name, error = %e, "final offset commit");
         }
-        close(consumer).await;
+        crate::kafka::close_consumer(consumer).await;
     }
 
     async fn process(&self, pool: &PgPool, kafka: &Kafka, msg: &OwnedMessage, shutdown: &Shutdown) -> Outcome {
@@ -243,13 +243,4 @@ impl EventConsumer {
         metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone(), "topic" => logical.to_owned()).increment(1);
         Outcome::DeadLettered
     }
-}
-
-/// Leaves the group promptly so a restarted consumer rejoins fast.
-async fn close(consumer: StreamConsumer) {
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.unsubscribe();
-        drop(consumer);
-    })
-    .await;
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 
@@ -30,6 +31,30 @@ pub mod topics {
 }
 
 const PARTITIONS: i32 = 3;
+
+/// Logs group membership changes: when a consumer stalls, the first
+/// question is whether it holds any partitions.
+pub struct GroupLogging {
+    group: String,
+}
+
+impl ClientContext for GroupLogging {}
+
+impl ConsumerContext for GroupLogging {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<String> =
+                    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+                tracing::info!(group = %self.group, partitions = %parts.join(","), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => tracing::info!(group = %self.group, count = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "rebalance failed"),
+        }
+    }
+}
+
+pub type GroupConsumer = StreamConsumer<GroupLogging>;
 
 /// A cheap-to-clone handle: config plus one shared producer.
 #[derive(Clone)]
@@ -83,17 +108,19 @@ impl Kafka {
 
     /// A consumer in group `group` (prefixed) subscribed to `logical` topics,
     /// committing manually after each processed message.
-    pub fn consumer(&self, group: &str, logical: &[&str]) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-        let c: StreamConsumer = ClientConfig::new()
+    pub fn consumer(&self, group: &str, logical: &[&str]) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
+        let group_id = self.config.group(group);
+        let c: GroupConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", self.config.group(group))
+            .set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.config.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", self.config.heartbeat_interval.as_millis().to_string())
+            .set("max.poll.interval.ms", self.config.max_poll_interval.as_millis().to_string())
             .set("enable.partition.eof", "false")
-            .create()?;
+            .create_with_context(GroupLogging { group: group_id })?;
         let names: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         c.subscribe(&refs)?;
@@ -115,4 +142,14 @@ impl Kafka {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
+}
+
+/// Leaves the group promptly so a restarted consumer rejoins fast (closing
+/// blocks on the broker, so it runs off the async threads).
+pub async fn close_consumer(consumer: GroupConsumer) {
+    let _ = tokio::task::spawn_blocking(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await;
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::kafka::{Kafka, topics};
 use shopmesh_platform::pb::common::v1 as common;
@@ -100,7 +99,7 @@ impl CacheInvalidator {
                 }
             }
         }
-        close(consumer).await;
+        shopmesh_platform::kafka::close_consumer(consumer).await;
     }
 
     async fn apply(&self, event: &ReceivedEvent) {
@@ -131,13 +130,4 @@ impl CacheInvalidator {
         }
         metrics::counter!("catalog_cache_invalidations_total", "source" => "event").increment(1);
     }
-}
-
-/// Leaves the group promptly (unsubscribe blocks).
-async fn close(consumer: StreamConsumer) {
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.unsubscribe();
-        drop(consumer);
-    })
-    .await;
 }
