@@ -83,7 +83,7 @@ impl AuthApi {
         family_id: Uuid,
     ) -> Result<pb::TokenPair, Status> {
         let access =
-            self.tokens.issue(user_id, roles, family_id).await.map_err(|e| internal("signing access token", e))?;
+            self.tokens.issue(tx, user_id, roles, family_id).await.map_err(|e| internal("signing access token", e))?;
         let refresh = RefreshToken::generate();
         let expires_at = chrono::Utc::now() + self.refresh_ttl;
         store::insert_refresh_token(tx, &refresh.hash(), family_id, user_id, expires_at).await.map_err(db_error)?;

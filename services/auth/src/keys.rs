@@ -146,7 +146,10 @@ impl KeyStore {
         Self { pool, publish_window, cache: RwLock::new(None) }
     }
 
-    pub async fn signing_key(&self) -> anyhow::Result<ActiveKey> {
+    /// The active key, read over `conn` when the cache is stale: callers
+    /// sign inside a transaction, and a second pooled connection per login
+    /// would let a burst of logins starve the pool.
+    pub async fn signing_key(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<ActiveKey> {
         if let Some(c) = self.cache.read().await.as_ref()
             && c.loaded.elapsed() < SIGNING_KEY_CACHE
         {
@@ -155,7 +158,7 @@ impl KeyStore {
         let mut cache = self.cache.write().await;
         let (kid, der): (String, Vec<u8>) =
             sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL")
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
                 .await?
                 .context("no active signing key")?;
         let key = ActiveKey { kid, key: EncodingKey::from_ed_der(&der) };

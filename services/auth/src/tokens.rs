@@ -32,8 +32,14 @@ impl TokenIssuer {
         self.access_ttl
     }
 
-    pub async fn issue(&self, user_id: Uuid, roles: &[String], family_id: Uuid) -> anyhow::Result<AccessToken> {
-        let key = self.keys.signing_key().await?;
+    pub async fn issue(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        user_id: Uuid,
+        roles: &[String],
+        family_id: Uuid,
+    ) -> anyhow::Result<AccessToken> {
+        let key = self.keys.signing_key(conn).await?;
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
