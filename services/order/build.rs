@@ -1,0 +1,3 @@
+fn main() {
+    shopmesh_protogen::compile(&["shopmesh/order/v1/order.proto"], false);
+}
