@@ -4,6 +4,7 @@
 
 mod dev;
 mod registry;
+mod seed;
 
 use clap::{Parser, Subcommand};
 use shopmesh_gateway::settings::GatewaySettings;
@@ -30,6 +31,8 @@ enum Command {
     Migrate { service: String },
     /// List the services this binary can run.
     List,
+    /// Load the demo catalog and its stock (idempotent).
+    Seed,
     /// Administrative tasks against the auth database.
     Admin {
         #[command(subcommand)]
@@ -119,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Seed => seed::run(dev::dev_source(ConfigSource::from_env()?)).await,
         Command::Dev => {
             let _telemetry = shopmesh_platform::telemetry::init("shopmesh")?;
             dev::run(ConfigSource::from_env()?, Shutdown::on_signals()).await

@@ -2,7 +2,16 @@
 
 use shopmesh_platform::runtime::ServiceDef;
 
-pub static SERVICES: &[&ServiceDef] = &[&shopmesh_auth::SERVICE, &shopmesh_user::SERVICE];
+pub static SERVICES: &[&ServiceDef] = &[
+    &shopmesh_auth::SERVICE,
+    &shopmesh_user::SERVICE,
+    &shopmesh_catalog::SERVICE,
+    &shopmesh_inventory::SERVICE,
+    &shopmesh_cart::SERVICE,
+    &shopmesh_order::SERVICE,
+    &shopmesh_payment::SERVICE,
+    &shopmesh_notification::SERVICE,
+];
 
 pub fn find(name: &str) -> anyhow::Result<&'static ServiceDef> {
     SERVICES.iter().copied().find(|d| d.spec.name == name).ok_or_else(|| {
