@@ -54,11 +54,12 @@ impl TestEnv {
             ("KAFKA_TOPIC_PREFIX", format!("t{id}.")),
             ("KAFKA_SESSION_TIMEOUT_MS", "3000".to_owned()),
             ("KAFKA_HEARTBEAT_MS", "1000".to_owned()),
+            ("KAFKA_MAX_POLL_INTERVAL_MS", "6000".to_owned()),
             ("KAFKA_MAX_ATTEMPTS", "3".to_owned()),
             ("GRPC_ADDR", "127.0.0.1:0".to_owned()),
             ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
-            ("DB_MAX_CONNECTIONS", "5".to_owned()),
+            ("DB_MAX_CONNECTIONS", "2".to_owned()),
         ]);
         Self { id, shutdown: Shutdown::new(), source, databases: Mutex::new(Vec::new()) }
     }
@@ -95,8 +96,14 @@ impl TestEnv {
 
     /// Starts `def` in-process on ephemeral ports.
     pub async fn launch(&self, def: &'static ServiceDef) -> Launched {
+        self.launch_stoppable(def, self.shutdown.child()).await
+    }
+
+    /// Starts `def` with its own shutdown (also triggered when the env
+    /// drops), so a test can stop it mid-flight and start it again.
+    pub async fn launch_stoppable(&self, def: &'static ServiceDef, shutdown: Shutdown) -> Launched {
         let config = self.config(def).await;
-        launch(def, config, self.shutdown.clone()).await.expect("service starts")
+        launch(def, config, shutdown).await.expect("service starts")
     }
 
     /// Points every service launched from now on at `auth`'s JWKS.
@@ -166,6 +173,67 @@ impl Drop for TestEnv {
             });
         })
         .join();
+    }
+}
+
+/// Consumer groups of the saga and the logical topics each one reads.
+pub const SAGA_CONSUMERS: &[(&str, &[&str])] = &[
+    ("inventory", &["order-events", "payment-events"]),
+    ("payment", &["inventory-events", "order-events"]),
+    ("order", &["inventory-events", "payment-events"]),
+    ("notification", &["order-events", "payment-events"]),
+    ("cart", &["order-events"]),
+];
+
+impl TestEnv {
+    /// Waits until each (group, topics) has committed offsets at the end of
+    /// every partition: everything published so far has been processed.
+    pub async fn wait_consumers_caught_up(&self, consumers: &[(&str, &[&str])], timeout: Duration) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let kafka = self.kafka();
+        let groups: Vec<(String, Vec<String>)> = consumers
+            .iter()
+            .map(|(g, ts)| (kafka.config.group(g), ts.iter().map(|t| kafka.config.topic(t)).collect()))
+            .collect();
+        eventually("consumers caught up", timeout, || {
+            let groups = groups.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    for (group, topics) in &groups {
+                        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                            .set("bootstrap.servers", kafka_brokers())
+                            .set("group.id", group)
+                            .create()
+                            .ok()?;
+                        let t = Duration::from_secs(5);
+                        let mut tpl = TopicPartitionList::new();
+                        let mut ends = Vec::new();
+                        for topic in topics {
+                            let meta = consumer.fetch_metadata(Some(topic), t).ok()?;
+                            for p in meta.topics().first()?.partitions() {
+                                tpl.add_partition(topic, p.id());
+                                ends.push((topic.clone(), p.id(), consumer.fetch_watermarks(topic, p.id(), t).ok()?.1));
+                            }
+                        }
+                        let committed = consumer.committed_offsets(tpl, t).ok()?;
+                        for (topic, partition, high) in ends {
+                            let at = match committed.find_partition(&topic, partition)?.offset() {
+                                Offset::Offset(n) => n,
+                                _ => 0,
+                            };
+                            if at < high {
+                                return None;
+                            }
+                        }
+                    }
+                    Some(())
+                })
+                .await
+                .ok()?
+            }
+        })
+        .await
     }
 }
 

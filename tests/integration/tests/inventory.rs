@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 async fn store(env: &TestEnv) -> (Store, PgPool) {
     let url = env.database_url("inventory").await;
-    let pool = shopmesh_platform::db::connect(&url, 20).await.unwrap();
+    let pool = shopmesh_platform::db::connect(&url, 8).await.unwrap();
     shopmesh_platform::db::migrate(&pool, Some(&shopmesh_inventory::MIGRATOR)).await.unwrap();
     (Store::new(pool.clone(), Outbox::new("inventory"), 5), pool)
 }

@@ -1,0 +1,533 @@
+//! The checkout saga as a customer meets it: REST through the gateway in
+//! front of every real service (auth, user, catalog, inventory, cart, order,
+//! payment, notification) on the real Postgres, Redis and broker. Order →
+//! inventory → payment run as choreographed events with compensation.
+
+use std::time::Duration;
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use shopmesh_integration_tests::{SAGA_CONSUMERS, TestEnv, eventually};
+use shopmesh_platform::runtime::{Launched, ServiceDef};
+use shopmesh_platform::shutdown::Shutdown;
+
+const ADMIN_EMAIL: &str = "admin@shop.test";
+const ADMIN_PASSWORD: &str = "admin-password-1";
+const SAGA: Duration = Duration::from_secs(45);
+
+struct Shop {
+    env: TestEnv,
+    gw: String,
+    http: Client,
+    admin: String,
+    /// The payment service and its own shutdown (tests stop and restart it).
+    payment: Option<(Launched, Shutdown)>,
+}
+
+fn url(l: &Launched) -> String {
+    format!("http://{}", l.grpc_addr)
+}
+
+impl Shop {
+    /// Every service plus the gateway. `with_payment: false` leaves payment
+    /// down (the saga then stalls after reserving stock).
+    async fn start(configure: impl FnOnce(&mut TestEnv), with_payment: bool) -> Shop {
+        let mut env = TestEnv::new();
+        env.set("ADMIN_EMAIL", ADMIN_EMAIL);
+        env.set("ADMIN_PASSWORD", ADMIN_PASSWORD);
+        configure(&mut env);
+        let auth = env.launch(&shopmesh_auth::SERVICE).await;
+        env.trust_auth(&auth);
+        let user = env.launch(&shopmesh_user::SERVICE).await;
+        let catalog = env.launch(&shopmesh_catalog::SERVICE).await;
+        env.set("CATALOG_URL", url(&catalog));
+        env.set("USER_URL", url(&user));
+        let inventory = env.launch(&shopmesh_inventory::SERVICE).await;
+        let cart = env.launch(&shopmesh_cart::SERVICE).await;
+        env.set("CART_URL", url(&cart));
+        let order = env.launch(&shopmesh_order::SERVICE).await;
+        let notification = env.launch(&shopmesh_notification::SERVICE).await;
+        let mut backends: Vec<(&ServiceDef, &Launched)> = vec![
+            (&shopmesh_auth::SERVICE, &auth),
+            (&shopmesh_user::SERVICE, &user),
+            (&shopmesh_catalog::SERVICE, &catalog),
+            (&shopmesh_inventory::SERVICE, &inventory),
+            (&shopmesh_cart::SERVICE, &cart),
+            (&shopmesh_order::SERVICE, &order),
+            (&shopmesh_notification::SERVICE, &notification),
+        ];
+        let payment = if with_payment {
+            let stop = env.shutdown.child();
+            Some((env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await, stop))
+        } else {
+            None
+        };
+        if let Some((p, _)) = &payment {
+            backends.push((&shopmesh_payment::SERVICE, p));
+        }
+        let gw = env.launch_gateway(&backends).await;
+        let http = Client::new();
+        let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        Shop { env, gw, http, admin, payment }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.gw)
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let mut req = self.http.request(method, self.at(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
+        let resp = self.send(method.clone(), path, token, body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A product with `stock` units; returns its id.
+    async fn product(&self, sku: &str, price_minor: i64, stock: i64) -> String {
+        let body = json!({"sku": sku, "name": format!("Product {sku}"), "category": "test",
+            "price": {"currencyCode": "USD", "amountMinor": price_minor.to_string()}});
+        let created = self.ok(reqwest::Method::POST, "/v1/products", &self.admin, Some(body)).await;
+        let id = created["product"]["id"].as_str().unwrap().to_owned();
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("/v1/inventory/{id}"),
+            &self.admin,
+            Some(json!({"onHand": stock.to_string()})),
+        )
+        .await;
+        id
+    }
+
+    async fn customer(&self, email: &str) -> String {
+        let resp = self
+            .http
+            .post(self.at("/v1/auth/register"))
+            .json(&json!({"email": email, "password": "password-123", "name": "Customer"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        login(&self.http, &self.gw, email, "password-123").await
+    }
+
+    async fn add_to_cart(&self, token: &str, product: &str, quantity: i32) {
+        let body = json!({"productId": product, "quantity": quantity});
+        self.ok(reqwest::Method::POST, "/v1/cart/items", token, Some(body)).await;
+    }
+
+    async fn checkout(&self, token: &str, payment_token: &str) -> Value {
+        let body = json!({"paymentToken": payment_token, "shippingAddress": address()});
+        self.ok(reqwest::Method::POST, "/v1/orders", token, Some(body)).await["order"].clone()
+    }
+
+    async fn order(&self, token: &str, id: &str) -> Value {
+        self.ok(reqwest::Method::GET, &format!("/v1/orders/{id}"), token, None).await["order"].clone()
+    }
+
+    /// Waits for the order to leave PENDING; returns it.
+    async fn final_order(&self, token: &str, id: &str) -> Value {
+        eventually(&format!("order {id} final"), SAGA, || async {
+            let order = self.order(token, id).await;
+            (order["status"] != "ORDER_STATUS_PENDING").then_some(order)
+        })
+        .await
+    }
+
+    /// (available, on_hand, reserved) as the admin sees it.
+    async fn stock(&self, product: &str) -> (i64, i64, i64) {
+        let s = self.ok(reqwest::Method::GET, &format!("/v1/inventory/{product}"), &self.admin, None).await;
+        let n = |k: &str| s["stock"][k].as_str().unwrap_or("0").parse::<i64>().unwrap();
+        (n("available"), n("onHand"), n("reserved"))
+    }
+
+    async fn payments(&self, token: &str, order: &str) -> Vec<Value> {
+        let p = self.ok(reqwest::Method::GET, &format!("/v1/payments?orderId={order}"), token, None).await;
+        p["payments"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn notifications(&self, token: &str) -> Vec<Value> {
+        let n = self.ok(reqwest::Method::GET, "/v1/notifications", token, None).await;
+        n["notifications"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn cart_lines(&self, token: &str) -> usize {
+        let c = self.ok(reqwest::Method::GET, "/v1/cart", token, None).await;
+        c["cart"]["lines"].as_array().map(Vec::len).unwrap_or(0)
+    }
+}
+
+async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
+    let resp = http.post(format!("{gw}/v1/auth/login")).json(&json!({"email": email, "password": password})).send();
+    let body: Value = resp.await.unwrap().json().await.unwrap();
+    body["tokens"]["accessToken"].as_str().unwrap_or_else(|| panic!("login {email}: {body}")).to_owned()
+}
+
+fn address() -> Value {
+    json!({"recipientName": "Grace Hopper", "line1": "1 Harbor St", "city": "Arlington", "postalCode": "22201",
+        "countryCode": "US"})
+}
+
+fn history(order: &Value) -> Vec<String> {
+    order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn happy_path_confirms_commits_stock_clears_cart_and_notifies() {
+    let shop = Shop::start(|_| {}, true).await;
+    let mug = shop.product("MUG-1", 1250, 10).await;
+    let tee = shop.product("TEE-1", 1999, 5).await;
+    let alice = shop.customer("alice@shop.test").await;
+    shop.add_to_cart(&alice, &mug, 2).await;
+    shop.add_to_cart(&alice, &tee, 1).await;
+
+    let placed = shop.checkout(&alice, "tok_visa").await;
+    assert_eq!(placed["status"], "ORDER_STATUS_PENDING");
+    assert_eq!(placed["total"]["amountMinor"], (2 * 1250 + 1999).to_string());
+    let id = placed["id"].as_str().unwrap();
+
+    let order = shop.final_order(&alice, id).await;
+    assert_eq!(order["status"], "ORDER_STATUS_CONFIRMED", "{order}");
+    assert_eq!(history(&order), ["ORDER_STATUS_PENDING", "ORDER_STATUS_CONFIRMED"]);
+    // Stock committed: on_hand decremented, nothing left reserved.
+    eventually("stock committed", SAGA, || async { (shop.stock(&mug).await == (8, 8, 0)).then_some(()) }).await;
+    eventually("stock committed", SAGA, || async { (shop.stock(&tee).await == (4, 4, 0)).then_some(()) }).await;
+    eventually("cart cleared", SAGA, || async { (shop.cart_lines(&alice).await == 0).then_some(()) }).await;
+    let payments = shop.payments(&alice, id).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["status"], "PAYMENT_STATUS_CAPTURED");
+    assert_eq!(payments[0]["amount"]["amountMinor"], (2 * 1250 + 1999).to_string());
+    let notes = eventually("confirmation notice", SAGA, || async {
+        let n = shop.notifications(&alice).await;
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    assert_eq!(notes[0]["kind"], "NOTIFICATION_KIND_ORDER_CONFIRMED");
+    assert_eq!(notes[0]["orderId"], id);
+    // Another customer sees none of it.
+    let bob = shop.customer("bob@shop.test").await;
+    assert_eq!(shop.send(reqwest::Method::GET, &format!("/v1/orders/{id}"), &bob, None).await.status(), 404);
+    assert!(shop.payments(&bob, id).await.is_empty());
+    assert!(shop.notifications(&bob).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declined_card_cancels_and_restores_stock() {
+    let shop = Shop::start(|_| {}, true).await;
+    let lamp = shop.product("LAMP-1", 4500, 3).await;
+    let carol = shop.customer("carol@shop.test").await;
+    shop.add_to_cart(&carol, &lamp, 2).await;
+    let id = shop.checkout(&carol, "tok_chargeDeclined").await["id"].as_str().unwrap().to_owned();
+
+    let order = shop.final_order(&carol, &id).await;
+    assert_eq!(order["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(order["cancelReason"], "CANCEL_REASON_PAYMENT_DECLINED");
+    eventually("stock released", SAGA, || async { (shop.stock(&lamp).await == (3, 3, 0)).then_some(()) }).await;
+    let payments = shop.payments(&carol, &id).await;
+    assert_eq!(payments[0]["status"], "PAYMENT_STATUS_DECLINED");
+    assert_eq!(shop.cart_lines(&carol).await, 1, "a failed checkout keeps the cart");
+    eventually("cancellation notice", SAGA, || async {
+        let n = shop.notifications(&carol).await;
+        n.iter().any(|n| n["kind"] == "NOTIFICATION_KIND_ORDER_CANCELLED").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_stock_cancels_without_charging() {
+    let shop = Shop::start(|_| {}, true).await;
+    let rare = shop.product("RARE-1", 99_00, 1).await;
+    let dan = shop.customer("dan@shop.test").await;
+    shop.add_to_cart(&dan, &rare, 2).await;
+    let id = shop.checkout(&dan, "tok_visa").await["id"].as_str().unwrap().to_owned();
+
+    let order = shop.final_order(&dan, &id).await;
+    assert_eq!(order["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(order["cancelReason"], "CANCEL_REASON_OUT_OF_STOCK");
+    assert_eq!(shop.stock(&rare).await, (1, 1, 0));
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    assert!(shop.payments(&dan, &id).await.is_empty(), "never charged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn customer_cancel_of_a_confirmed_order_refunds_and_restocks() {
+    let shop = Shop::start(|_| {}, true).await;
+    let pen = shop.product("PEN-1", 300, 10).await;
+    let erin = shop.customer("erin@shop.test").await;
+    shop.add_to_cart(&erin, &pen, 4).await;
+    let id = shop.checkout(&erin, "tok_visa").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&erin, &id).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("committed", SAGA, || async { (shop.stock(&pen).await == (6, 6, 0)).then_some(()) }).await;
+
+    let cancelled = shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &erin, Some(json!({}))).await;
+    assert_eq!(cancelled["order"]["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(cancelled["order"]["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
+    eventually("restocked", SAGA, || async { (shop.stock(&pen).await == (10, 10, 0)).then_some(()) }).await;
+    eventually("refunded", SAGA, || async {
+        let p = shop.payments(&erin, &id).await;
+        (p.len() == 1 && p[0]["status"] == "PAYMENT_STATUS_REFUNDED").then_some(())
+    })
+    .await;
+    eventually("refund noted on the order and notified", SAGA, || async {
+        let order = shop.order(&erin, &id).await;
+        let noted = order["history"].as_array().unwrap().iter().any(|h| h["note"] == "payment refunded");
+        let notified = shop.notifications(&erin).await.iter().any(|n| n["kind"] == "NOTIFICATION_KIND_ORDER_REFUNDED");
+        (noted && notified).then_some(())
+    })
+    .await;
+    // Cancelling again changes nothing.
+    let before = shop.order(&erin, &id).await;
+    let again = shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &erin, Some(json!({}))).await;
+    assert_eq!(again["order"]["history"], before["history"]);
+    assert_eq!(again["order"]["status"], "ORDER_STATUS_CANCELLED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_stuck_pending_times_out_and_a_late_payment_is_never_kept() {
+    // Payment is down: stock gets reserved, nobody charges, the order times out.
+    let shop = Shop::start(|env| env.set("PENDING_TIMEOUT_MS", "2000"), false).await;
+    let kit = shop.product("KIT-1", 2500, 5).await;
+    let fay = shop.customer("fay@shop.test").await;
+    shop.add_to_cart(&fay, &kit, 2).await;
+    let id = shop.checkout(&fay, "tok_visa").await["id"].as_str().unwrap().to_owned();
+
+    let order = shop.final_order(&fay, &id).await;
+    assert_eq!(order["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(order["cancelReason"], "CANCEL_REASON_TIMEOUT");
+    eventually("reservation released", SAGA, || async { (shop.stock(&kit).await == (5, 5, 0)).then_some(()) }).await;
+
+    // Payment comes back and finds both StockReserved and OrderCancelled waiting.
+    let payment = shop.env.launch(&shopmesh_payment::SERVICE).await;
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    let mut client = shopmesh_payment::pb::payment_service_client::PaymentServiceClient::new(
+        shopmesh_platform::grpc::channel(&url(&payment)).unwrap(),
+    );
+    let mut req = tonic::Request::new(shopmesh_payment::pb::ListPaymentsRequest { order_id: id.clone(), page: None });
+    req.metadata_mut().insert("authorization", format!("Bearer {fay}").parse().unwrap());
+    let payments = client.list_payments(req).await.unwrap().into_inner().payments;
+    for p in &payments {
+        let status = shopmesh_payment::pb::PaymentStatus::try_from(p.status).unwrap();
+        assert!(
+            matches!(
+                status,
+                shopmesh_payment::pb::PaymentStatus::Declined | shopmesh_payment::pb::PaymentStatus::Refunded
+            ),
+            "a cancelled order is never left charged: {p:?}"
+        );
+    }
+    assert_eq!(shop.order(&fay, &id).await["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(shop.stock(&kit).await, (5, 5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
+    let shop = Shop::start(|_| {}, true).await;
+    let cup = shop.product("CUP-1", 800, 10).await;
+    let gus = shop.customer("gus@shop.test").await;
+    shop.add_to_cart(&gus, &cup, 1).await;
+    let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
+    let post = |b: Value| {
+        shop.http.post(shop.at("/v1/orders")).bearer_auth(&gus).header("Idempotency-Key", "checkout-42").json(&b).send()
+    };
+    let first: Value = post(body.clone()).await.unwrap().json().await.unwrap();
+    let retry: Value = post(body.clone()).await.unwrap().json().await.unwrap();
+    assert!(retry["order"].is_object(), "retry answered {retry}");
+    assert_eq!(first["order"]["id"], retry["order"]["id"], "the retry returns the same order");
+    let resp = post(json!({"paymentToken": "tok_mastercard", "shippingAddress": address()})).await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["message"].as_str().unwrap().contains("Idempotency-Key"), "{err}");
+    let list = shop.ok(reqwest::Method::GET, "/v1/orders", &gus, None).await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 1, "one order created");
+    let id = first["order"]["id"].as_str().unwrap();
+    assert_eq!(shop.final_order(&gus, id).await["status"], "ORDER_STATUS_CONFIRMED");
+    assert_eq!(shop.payments(&gus, id).await.len(), 1);
+}
+
+/// Every message on the saga's topics, as (topic, key, payload, headers).
+async fn read_all(env: &TestEnv) -> Vec<(String, Vec<u8>, Vec<u8>, Option<rdkafka::message::OwnedHeaders>)> {
+    let kafka = env.kafka();
+    let topics: Vec<String> =
+        ["order-events", "inventory-events", "payment-events"].iter().map(|t| kafka.config.topic(t)).collect();
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", shopmesh_integration_tests::kafka_brokers())
+        .set("group.id", format!("t{}.replayer", env.id))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "3000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).unwrap();
+    let mut out = Vec::new();
+    let mut wait = Duration::from_secs(15);
+    while let Ok(Ok(m)) = tokio::time::timeout(wait, consumer.recv()).await {
+        let detached = m.detach();
+        out.push((
+            detached.topic().to_owned(),
+            detached.key().unwrap_or_default().to_vec(),
+            detached.payload().unwrap_or_default().to_vec(),
+            detached.headers().cloned(),
+        ));
+        wait = Duration::from_secs(3);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivering_every_saga_event_changes_nothing() {
+    let shop = Shop::start(|_| {}, true).await;
+    let hat = shop.product("HAT-1", 1500, 10).await;
+    let hal = shop.customer("hal@shop.test").await;
+    // One confirmed and then customer-cancelled order (reserve, capture, confirm,
+    // commit, cancel, restock, refund) and one declined order.
+    shop.add_to_cart(&hal, &hat, 2).await;
+    let a = shop.checkout(&hal, "tok_visa").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&hal, &a).await["status"], "ORDER_STATUS_CONFIRMED");
+    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{a}:cancel"), &hal, Some(json!({}))).await;
+    shop.add_to_cart(&hal, &hat, 1).await;
+    let b = shop.checkout(&hal, "tok_insufficient_funds").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&hal, &b).await["status"], "ORDER_STATUS_CANCELLED");
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+
+    let snapshot = || async {
+        (
+            shop.stock(&hat).await,
+            history(&shop.order(&hal, &a).await),
+            history(&shop.order(&hal, &b).await),
+            shop.payments(&hal, &a).await,
+            shop.payments(&hal, &b).await,
+            shop.notifications(&hal).await.len(),
+        )
+    };
+    let before = snapshot().await;
+    assert_eq!(before.0, (10, 10, 0));
+
+    // Publish every saga event a second time, as a broker redelivery would.
+    let events = read_all(&shop.env).await;
+    let types: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter_map(|(_, _, payload, _)| {
+            <shopmesh_platform::pb::events::v1::EventEnvelope as prost::Message>::decode(payload.as_slice())
+                .ok()
+                .map(|e| e.r#type)
+        })
+        .collect();
+    for t in [
+        "OrderCreated",
+        "StockReserved",
+        "PaymentCaptured",
+        "OrderConfirmed",
+        "StockCommitted",
+        "OrderCancelled",
+        "StockReleased",
+        "PaymentRefunded",
+        "PaymentDeclined",
+    ] {
+        assert!(types.contains(&format!("shopmesh.events.v1.{t}")), "{t} was published: {types:?}");
+    }
+    let producer = shop.env.kafka();
+    for (topic, key, payload, headers) in &events {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h.clone());
+        }
+        producer.producer().send(record, Duration::from_secs(10)).await.unwrap();
+    }
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    assert_eq!(snapshot().await, before, "duplicates were applied");
+}
+
+/// Empties the cart, adds one unit and checks out; returns the order id.
+async fn place_single_item_order(shop: &Shop, token: &str, product: &str) -> String {
+    shop.ok(reqwest::Method::DELETE, "/v1/cart", token, None).await;
+    shop.add_to_cart(token, product, 1).await;
+    shop.checkout(token, "tok_visa").await["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_stopped_mid_saga_and_restarted_finishes_it() {
+    let mut shop = Shop::start(|_| {}, true).await;
+    let book = shop.product("BOOK-1", 1000, 50).await;
+    let ivy = shop.customer("ivy@shop.test").await;
+    let mut ids = Vec::new();
+    ids.push(place_single_item_order(&shop, &ivy, &book).await);
+    // Payment is working: it has captured the first order.
+    assert_eq!(shop.final_order(&ivy, &ids[0]).await["status"], "ORDER_STATUS_CONFIRMED");
+    // It stops while the next checkouts are flowing in, and its process is gone…
+    let (running, stop) = shop.payment.take().unwrap();
+    ids.push(place_single_item_order(&shop, &ivy, &book).await);
+    stop.trigger();
+    for _ in 0..3 {
+        ids.push(place_single_item_order(&shop, &ivy, &book).await);
+    }
+    running.task.await.unwrap().unwrap();
+    // …then a new one starts on the same address and finishes every saga,
+    // charging each order once.
+    shop.env.set("payment.GRPC_ADDR", running.grpc_addr.to_string());
+    let stop = shop.env.shutdown.child();
+    let restarted = shop.env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await;
+    shop.payment = Some((restarted, stop));
+    for id in &ids {
+        assert_eq!(shop.final_order(&ivy, id).await["status"], "ORDER_STATUS_CONFIRMED", "order {id}");
+        assert_eq!(shop.payments(&ivy, id).await.len(), 1, "charged exactly once: {id}");
+    }
+    eventually("all committed", SAGA, || async { (shop.stock(&book).await == (45, 45, 0)).then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
+    // Fifty customers log in from one test address: lift the brute-force limit.
+    let shop = Shop::start(|env| env.set("RATE_LIMIT_LOGIN", "1000/60"), true).await;
+    let gem = shop.product("GEM-1", 5000, 10).await;
+    let customers: Vec<String> = futures::future::join_all((0..50).map(|i| {
+        let shop = &shop;
+        let gem = gem.clone();
+        async move {
+            let token = shop.customer(&format!("buyer{i}@shop.test")).await;
+            shop.add_to_cart(&token, &gem, 1).await;
+            token
+        }
+    }))
+    .await;
+    let shop_ref = &shop;
+    let placed: Vec<(String, String)> = futures::future::join_all(customers.iter().map(|token| async move {
+        (token.clone(), shop_ref.checkout(token, "tok_visa").await["id"].as_str().unwrap().to_owned())
+    }))
+    .await;
+
+    let mut confirmed = 0;
+    for (token, id) in &placed {
+        let order = shop.final_order(token, id).await;
+        let payments = shop.payments(token, id).await;
+        match order["status"].as_str().unwrap() {
+            "ORDER_STATUS_CONFIRMED" => {
+                confirmed += 1;
+                assert_eq!(payments.len(), 1);
+                assert_eq!(payments[0]["status"], "PAYMENT_STATUS_CAPTURED");
+            }
+            _ => {
+                assert_eq!(order["cancelReason"], "CANCEL_REASON_OUT_OF_STOCK", "{order}");
+                assert!(
+                    payments.iter().all(|p| p["status"] != "PAYMENT_STATUS_CAPTURED"),
+                    "a cancelled order is refunded or never charged: {payments:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(confirmed, 10);
+    eventually("sold out, nothing negative", SAGA, || async { (shop.stock(&gem).await == (0, 0, 0)).then_some(()) })
+        .await;
+}
