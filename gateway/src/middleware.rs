@@ -8,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,18 +37,39 @@ fn is_acceptable_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
+/// One server span per request (a child of the caller's `traceparent`, if
+/// any); the upstream call injects this span's context, so the whole request
+/// is one trace from the edge through the mesh.
 pub async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let request_id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let resp = next.run(req).await;
+    // Named by method (the route template is known only after routing; it
+    // is recorded as `http.route`, as the OTel HTTP conventions allow).
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    shopmesh_platform::telemetry::adopt_remote_parent(
+        &span,
+        &shopmesh_platform::telemetry::HeaderCarrier(req.headers()),
+    );
+    let resp = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let label = resp
         .extensions()
         .get::<RouteLabel>()
         .cloned()
         .unwrap_or_else(|| RouteLabel { route: matched.unwrap_or_else(|| "unmatched".into()), user_id: None });
+    span.record("http.route", label.route.as_str());
+    span.record("http.response.status_code", resp.status().as_u16());
     record(&method, &label, resp.status().as_u16(), elapsed, &request_id);
     resp
 }

@@ -157,6 +157,9 @@ pub fn forward_metadata(headers: &HeaderMap) -> MetadataMap {
             }
         }
     }
+    // The gateway's own span (a child of the caller's traceparent) becomes
+    // the upstream call's parent; without a span the caller's header stays.
+    shopmesh_platform::telemetry::inject_grpc(&mut md);
     md
 }
 

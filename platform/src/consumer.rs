@@ -130,7 +130,13 @@ impl EventConsumer {
             event_type = %event.event_type(),
             trace_id = tracing::field::Empty,
         );
-        crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::MapCarrier(&event.trace_headers()));
+        // The publisher's span (in the record headers) is the parent; events
+        // relayed without one fall back to the context of the write.
+        let mut trace = msg.headers().map(crate::telemetry::kafka_trace_headers).unwrap_or_default();
+        if !trace.contains_key("traceparent") {
+            trace = event.trace_headers();
+        }
+        crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::MapCarrier(&trace));
         let started = Instant::now();
         let outcome = self.process_with_retries(pool, kafka, msg, &event, shutdown).instrument(span).await;
         let label = match outcome {

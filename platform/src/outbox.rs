@@ -244,15 +244,29 @@ impl OutboxRelay {
         for row in &pending {
             let topic = self.kafka.config.topic(&row.topic);
             let event_id = row.event_id.to_string();
+            // A producer span per event, child of the transaction that wrote
+            // it; consumers continue the trace from this span.
+            let span = tracing::info_span!(
+                "outbox.publish",
+                otel.name = %format!("{topic} publish"),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.destination.name = %topic,
+                messaging.message.id = %event_id,
+                event_type = %row.event_type,
+                trace_id = tracing::field::Empty,
+            );
+            crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::MapCarrier(&row.trace));
+            let publish_context = span.in_scope(crate::telemetry::current_trace_headers);
             let headers = crate::telemetry::kafka_headers_from(
-                &row.trace,
+                &publish_context,
                 OwnedHeaders::new()
                     .insert(rdkafka::message::Header { key: "event_type", value: Some(row.event_type.as_bytes()) })
                     .insert(rdkafka::message::Header { key: "event_id", value: Some(event_id.as_bytes()) }),
             );
             let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
             match self.kafka.producer().send_result(record) {
-                Ok(delivery) => deliveries.push((row.seq, delivery)),
+                Ok(delivery) => deliveries.push((row.seq, delivery, span)),
                 Err((e, _)) => {
                     enqueue_error = Some(e.to_string());
                     break;
@@ -261,7 +275,9 @@ impl OutboxRelay {
         }
         let mut sent = Vec::new();
         let mut failed = Vec::new();
-        for (seq, delivery) in deliveries {
+        for (seq, delivery, span) in deliveries {
+            // The span ends when the broker acknowledged (or refused) the event.
+            let _span = span;
             match delivery.await {
                 Ok(Ok(_)) => sent.push(seq),
                 Ok(Err((e, _))) => failed.push((seq, e.to_string())),

@@ -10,7 +10,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, TracerProviderBuilder};
-use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
+use rdkafka::message::{Headers, OwnedHeaders};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -167,16 +167,13 @@ impl Extractor for MapCarrier<'_> {
     }
 }
 
-/// Kafka record headers as a carrier.
-pub struct KafkaHeaderCarrier<'a>(pub &'a BorrowedHeaders);
-
-impl Extractor for KafkaHeaderCarrier<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|h| h.key).collect()
-    }
+/// The W3C headers carried by a Kafka record.
+pub fn kafka_trace_headers(headers: &impl Headers) -> HashMap<String, String> {
+    headers
+        .iter()
+        .filter(|h| h.key == "traceparent" || h.key == "tracestate")
+        .filter_map(|h| Some((h.key.to_owned(), std::str::from_utf8(h.value?).ok()?.to_owned())))
+        .collect()
 }
 
 /// Adds W3C headers from a map (captured when the event was written) to a
