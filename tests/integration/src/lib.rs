@@ -6,6 +6,7 @@
 //! and `SHOPMESH_TEST_KAFKA_BROKERS`, defaulting to the local stack that
 //! `scripts/test.sh` brings up.
 
+pub mod shop;
 pub mod tokens;
 
 use std::sync::Mutex;
@@ -32,6 +33,18 @@ pub fn kafka_brokers() -> String {
     env_or("SHOPMESH_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
 }
 
+static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+
+/// Installs this process's telemetry once; the first call decides the
+/// exporters (a tracing test passes an in-memory one before any `TestEnv`).
+pub fn install_telemetry(
+    configure: impl FnOnce(
+        opentelemetry_sdk::trace::TracerProviderBuilder,
+    ) -> opentelemetry_sdk::trace::TracerProviderBuilder,
+) {
+    TELEMETRY.get_or_init(|| shopmesh_platform::telemetry::init_with("shopmesh-tests", configure));
+}
+
 /// One test's isolated slice of the real infrastructure.
 pub struct TestEnv {
     /// Short unique id; prefixes databases, Redis keys, topics and groups.
@@ -43,9 +56,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> =
-            std::sync::OnceLock::new();
-        TELEMETRY.get_or_init(|| shopmesh_platform::telemetry::init_with("shopmesh-tests", |b| b));
+        install_telemetry(|b| b);
         let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
         let source = ConfigSource::from_pairs([
             ("REDIS_URL", redis_url()),

@@ -1,0 +1,188 @@
+//! A whole shop for tests: every service plus the gateway on one test env,
+//! with helpers for what a customer and an admin do over REST.
+
+use std::time::Duration;
+
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use shopmesh_platform::runtime::{Launched, ServiceDef};
+use shopmesh_platform::shutdown::Shutdown;
+
+use crate::{TestEnv, eventually};
+
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+/// How long a saga may take to settle in tests.
+pub const SAGA: Duration = Duration::from_secs(45);
+
+pub struct Shop {
+    pub env: TestEnv,
+    pub gw: String,
+    pub http: Client,
+    pub admin: String,
+    /// The payment service and its own shutdown (tests stop and restart it).
+    pub payment: Option<(Launched, Shutdown)>,
+}
+
+pub fn url(l: &Launched) -> String {
+    format!("http://{}", l.grpc_addr)
+}
+
+impl Shop {
+    /// Every service plus the gateway. `with_payment: false` leaves payment
+    /// down (the saga then stalls after reserving stock).
+    pub async fn start(configure: impl FnOnce(&mut TestEnv), with_payment: bool) -> Shop {
+        let mut env = TestEnv::new();
+        env.set("ADMIN_EMAIL", ADMIN_EMAIL);
+        env.set("ADMIN_PASSWORD", ADMIN_PASSWORD);
+        configure(&mut env);
+        let auth = env.launch(&shopmesh_auth::SERVICE).await;
+        env.trust_auth(&auth);
+        let user = env.launch(&shopmesh_user::SERVICE).await;
+        let catalog = env.launch(&shopmesh_catalog::SERVICE).await;
+        env.set("CATALOG_URL", url(&catalog));
+        env.set("USER_URL", url(&user));
+        let inventory = env.launch(&shopmesh_inventory::SERVICE).await;
+        let cart = env.launch(&shopmesh_cart::SERVICE).await;
+        env.set("CART_URL", url(&cart));
+        let order = env.launch(&shopmesh_order::SERVICE).await;
+        let notification = env.launch(&shopmesh_notification::SERVICE).await;
+        let mut backends: Vec<(&ServiceDef, &Launched)> = vec![
+            (&shopmesh_auth::SERVICE, &auth),
+            (&shopmesh_user::SERVICE, &user),
+            (&shopmesh_catalog::SERVICE, &catalog),
+            (&shopmesh_inventory::SERVICE, &inventory),
+            (&shopmesh_cart::SERVICE, &cart),
+            (&shopmesh_order::SERVICE, &order),
+            (&shopmesh_notification::SERVICE, &notification),
+        ];
+        let payment = if with_payment {
+            let stop = env.shutdown.child();
+            Some((env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await, stop))
+        } else {
+            None
+        };
+        if let Some((p, _)) = &payment {
+            backends.push((&shopmesh_payment::SERVICE, p));
+        }
+        let gw = env.launch_gateway(&backends).await;
+        let http = Client::new();
+        let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        Shop { env, gw, http, admin, payment }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.gw)
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let mut req = self.http.request(method, self.at(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn ok(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
+        let resp = self.send(method.clone(), path, token, body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A product with `stock` units; returns its id.
+    pub async fn product(&self, sku: &str, price_minor: i64, stock: i64) -> String {
+        let body = json!({"sku": sku, "name": format!("Product {sku}"), "category": "test",
+            "price": {"currencyCode": "USD", "amountMinor": price_minor.to_string()}});
+        let created = self.ok(reqwest::Method::POST, "/v1/products", &self.admin, Some(body)).await;
+        let id = created["product"]["id"].as_str().unwrap().to_owned();
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("/v1/inventory/{id}"),
+            &self.admin,
+            Some(json!({"onHand": stock.to_string()})),
+        )
+        .await;
+        id
+    }
+
+    pub async fn customer(&self, email: &str) -> String {
+        let resp = self
+            .http
+            .post(self.at("/v1/auth/register"))
+            .json(&json!({"email": email, "password": "password-123", "name": "Customer"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        login(&self.http, &self.gw, email, "password-123").await
+    }
+
+    pub async fn add_to_cart(&self, token: &str, product: &str, quantity: i32) {
+        let body = json!({"productId": product, "quantity": quantity});
+        self.ok(reqwest::Method::POST, "/v1/cart/items", token, Some(body)).await;
+    }
+
+    pub async fn checkout(&self, token: &str, payment_token: &str) -> Value {
+        let body = json!({"paymentToken": payment_token, "shippingAddress": address()});
+        self.ok(reqwest::Method::POST, "/v1/orders", token, Some(body)).await["order"].clone()
+    }
+
+    pub async fn order(&self, token: &str, id: &str) -> Value {
+        self.ok(reqwest::Method::GET, &format!("/v1/orders/{id}"), token, None).await["order"].clone()
+    }
+
+    /// Waits for the order to leave PENDING; returns it.
+    pub async fn final_order(&self, token: &str, id: &str) -> Value {
+        eventually(&format!("order {id} final"), SAGA, || async {
+            let order = self.order(token, id).await;
+            (order["status"] != "ORDER_STATUS_PENDING").then_some(order)
+        })
+        .await
+    }
+
+    /// (available, on_hand, reserved) as the admin sees it.
+    pub async fn stock(&self, product: &str) -> (i64, i64, i64) {
+        let s = self.ok(reqwest::Method::GET, &format!("/v1/inventory/{product}"), &self.admin, None).await;
+        let n = |k: &str| s["stock"][k].as_str().unwrap_or("0").parse::<i64>().unwrap();
+        (n("available"), n("onHand"), n("reserved"))
+    }
+
+    pub async fn payments(&self, token: &str, order: &str) -> Vec<Value> {
+        let p = self.ok(reqwest::Method::GET, &format!("/v1/payments?orderId={order}"), token, None).await;
+        p["payments"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn notifications(&self, token: &str) -> Vec<Value> {
+        let n = self.ok(reqwest::Method::GET, "/v1/notifications", token, None).await;
+        n["notifications"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn cart_lines(&self, token: &str) -> usize {
+        let c = self.ok(reqwest::Method::GET, "/v1/cart", token, None).await;
+        c["cart"]["lines"].as_array().map(Vec::len).unwrap_or(0)
+    }
+}
+
+pub async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
+    let resp = http.post(format!("{gw}/v1/auth/login")).json(&json!({"email": email, "password": password})).send();
+    let body: Value = resp.await.unwrap().json().await.unwrap();
+    body["tokens"]["accessToken"].as_str().unwrap_or_else(|| panic!("login {email}: {body}")).to_owned()
+}
+
+pub fn address() -> Value {
+    json!({"recipientName": "Grace Hopper", "line1": "1 Harbor St", "city": "Arlington", "postalCode": "22201",
+        "countryCode": "US"})
+}
+
+pub fn history(order: &Value) -> Vec<String> {
+    order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Empties the cart, adds one unit and checks out; returns the order id.
+pub async fn place_single_item_order(shop: &Shop, token: &str, product: &str) -> String {
+    shop.ok(reqwest::Method::DELETE, "/v1/cart", token, None).await;
+    shop.add_to_cart(token, product, 1).await;
+    shop.checkout(token, "tok_visa").await["id"].as_str().unwrap().to_owned()
+}
