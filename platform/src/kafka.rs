@@ -38,7 +38,27 @@ pub struct GroupLogging {
     group: String,
 }
 
-impl ClientContext for GroupLogging {}
+impl ClientContext for GroupLogging {
+    /// librdkafka's periodic statistics carry each assigned partition's lag
+    /// (high watermark minus position): exported as `kafka_consumer_lag`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is the internal "unassigned" partition or an unknown lag.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "kafka_consumer_lag",
+                    "consumer" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string(),
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupLogging {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -120,6 +140,7 @@ impl Kafka {
             .set("heartbeat.interval.ms", self.config.heartbeat_interval.as_millis().to_string())
             .set("max.poll.interval.ms", self.config.max_poll_interval.as_millis().to_string())
             .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "10000")
             .create_with_context(GroupLogging { group: group_id })?;
         let names: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
