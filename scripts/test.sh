@@ -11,6 +11,9 @@ stack_up
 export SHOPMESH_TEST_POSTGRES_URL="$SHOPMESH_POSTGRES_URL"
 export SHOPMESH_TEST_REDIS_URL="$SHOPMESH_REDIS_URL"
 export SHOPMESH_TEST_KAFKA_BROKERS="$SHOPMESH_KAFKA_BROKERS"
+# Some tests run a private broker of their own (even when the shared one was already up).
+install_tansu
+export SHOPMESH_TANSU_BIN="$TANSU_BIN"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -200,6 +200,11 @@ pub struct KafkaConfig {
     pub max_poll_interval: Duration,
     /// Attempts before a failing message goes to `<topic>.dlq`.
     pub max_attempts: u32,
+    /// How long the producer keeps trying to deliver one message before
+    /// reporting failure (the outbox relay then retries it itself).
+    pub message_timeout: Duration,
+    /// Upper bound of the outbox relay's retry backoff.
+    pub outbox_max_backoff: Duration,
 }
 
 impl KafkaConfig {
@@ -256,6 +261,8 @@ impl ServiceConfig {
                 heartbeat_interval: s.millis_or("KAFKA_HEARTBEAT_MS", Duration::from_millis(3_000))?,
                 max_poll_interval: s.millis_or("KAFKA_MAX_POLL_INTERVAL_MS", Duration::from_millis(60_000))?,
                 max_attempts: s.parse_or("KAFKA_MAX_ATTEMPTS", 5)?,
+                message_timeout: s.millis_or("KAFKA_MESSAGE_TIMEOUT_MS", Duration::from_secs(30))?,
+                outbox_max_backoff: s.millis_or("OUTBOX_MAX_BACKOFF_MS", Duration::from_secs(30))?,
             })
         } else {
             None

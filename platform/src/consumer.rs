@@ -237,6 +237,11 @@ impl EventConsumer {
                 Ok(_) => break,
                 Err((e, _)) => {
                     tracing::error!(%dlq, error = %e, "dead-letter publish failed; retrying");
+                    if kafka.is_unrecoverable(&e)
+                        && let Err(e) = kafka.replace_producer()
+                    {
+                        tracing::error!(error = %e, "could not replace the Kafka producer");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.wait() => return Outcome::Interrupted,

@@ -2,7 +2,7 @@
 //! commits, and topic creation. Every topic and group name goes through
 //! [`KafkaConfig`]'s prefix so tests can share one broker.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::config::KafkaConfig;
@@ -80,27 +80,59 @@ pub type GroupConsumer = StreamConsumer<GroupLogging>;
 #[derive(Clone)]
 pub struct Kafka {
     pub config: KafkaConfig,
-    producer: FutureProducer,
+    client_id: Arc<str>,
+    producer: Arc<RwLock<FutureProducer>>,
     admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
+fn build_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", config.message_timeout.as_millis().to_string())
+        .set("compression.type", "lz4")
+        .create()
+}
+
 impl Kafka {
-    pub fn connect(config: KafkaConfig, client_id: &str) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "30000")
-            .set("compression.type", "lz4")
-            .create()?;
+    pub fn connect(config: KafkaConfig, client_id: &str) -> Result<Self, KafkaError> {
+        let producer = build_producer(&config, client_id)?;
         let admin = ClientConfig::new().set("bootstrap.servers", &config.brokers).create()?;
-        Ok(Self { config, producer, admin: Arc::new(admin) })
+        Ok(Self {
+            config,
+            client_id: client_id.into(),
+            producer: Arc::new(RwLock::new(producer)),
+            admin: Arc::new(admin),
+        })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The current producer (a cheap handle; it may be replaced, see below).
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Whether `error` means the producer can never deliver again: a fatal
+    /// librdkafka error, or a fenced/invalid idempotent epoch (seen after
+    /// delivery timeouts during a long broker outage).
+    pub fn is_unrecoverable(&self, error: &KafkaError) -> bool {
+        use RDKafkaErrorCode::*;
+        matches!(
+            error.rdkafka_error_code(),
+            Some(ProducerFenced | InvalidProducerEpoch | OutOfOrderSequenceNumber | UnknownProducerId | Fatal)
+        ) || self.producer().client().fatal_error().is_some()
+    }
+
+    /// Swaps in a fresh producer (a new producer id). What it re-sends is an
+    /// at-least-once duplicate that consumers' inboxes absorb.
+    pub fn replace_producer(&self) -> Result<(), KafkaError> {
+        let fresh = build_producer(&self.config, &self.client_id)?;
+        *self.producer.write().expect("producer lock") = fresh;
+        tracing::warn!(client = %self.client_id, "replaced a Kafka producer that could no longer deliver");
+        metrics::counter!("kafka_producer_replaced_total", "client" => self.client_id.to_string()).increment(1);
+        Ok(())
     }
 
     /// Creates each logical topic and its `.dlq` twin if missing.
@@ -150,7 +182,7 @@ impl Kafka {
 
     /// Readiness: the broker answers a metadata request.
     pub async fn check(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
         })
@@ -160,7 +192,7 @@ impl Kafka {
 
     /// Waits for in-flight produce requests (shutdown).
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
 }

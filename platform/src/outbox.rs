@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use sqlx::postgres::{PgListener, PgPool};
@@ -239,8 +240,9 @@ impl OutboxRelay {
 
         // Enqueue every record before awaiting any, so the producer pipelines
         // them; the idempotent producer keeps per-partition order.
+        let producer = self.kafka.producer();
         let mut deliveries = Vec::with_capacity(pending.len());
-        let mut enqueue_error = None;
+        let mut enqueue_error: Option<KafkaError> = None;
         for row in &pending {
             let topic = self.kafka.config.topic(&row.topic);
             let event_id = row.event_id.to_string();
@@ -265,10 +267,10 @@ impl OutboxRelay {
                     .insert(rdkafka::message::Header { key: "event_id", value: Some(event_id.as_bytes()) }),
             );
             let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
-            match self.kafka.producer().send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => deliveries.push((row.seq, delivery, span)),
                 Err((e, _)) => {
-                    enqueue_error = Some(e.to_string());
+                    enqueue_error = Some(e);
                     break;
                 }
             }
@@ -280,8 +282,8 @@ impl OutboxRelay {
             let _span = span;
             match delivery.await {
                 Ok(Ok(_)) => sent.push(seq),
-                Ok(Err((e, _))) => failed.push((seq, e.to_string())),
-                Err(_) => failed.push((seq, "producer dropped the delivery".to_owned())),
+                Ok(Err((e, _))) => failed.push((seq, e)),
+                Err(_) => failed.push((seq, KafkaError::Canceled)),
             }
         }
         if !sent.is_empty() {
@@ -294,11 +296,17 @@ impl OutboxRelay {
         for (seq, error) in &failed {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1")
                 .bind(seq)
-                .bind(error)
+                .bind(error.to_string())
                 .execute(&self.pool)
                 .await?;
         }
-        if let Some(e) = enqueue_error.or_else(|| failed.first().map(|(_, e)| e.clone())) {
+        let error = enqueue_error.or_else(|| failed.into_iter().next().map(|(_, e)| e));
+        if let Some(e) = error {
+            // Retrying with a producer that can never deliver again would
+            // hold the outbox forever: start a fresh one for the next attempt.
+            if self.kafka.is_unrecoverable(&e) {
+                self.kafka.replace_producer()?;
+            }
             metrics::counter!("outbox_publish_failures_total", "service" => self.service.clone()).increment(1);
             anyhow::bail!("{} of {} events not published: {e}", pending.len() - sent.len(), pending.len());
         }

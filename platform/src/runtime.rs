@@ -139,7 +139,8 @@ impl ServiceRuntime {
             extra_http: axum::Router::new(),
         };
         if let (Some(pool), Some(kafka)) = (runtime.db.clone(), runtime.kafka.clone()) {
-            let relay = OutboxRelay::new(pool, kafka, name, RelayConfig::default());
+            let relay_config = RelayConfig { max_backoff: kafka.config.outbox_max_backoff, ..RelayConfig::default() };
+            let relay = OutboxRelay::new(pool, kafka, name, relay_config);
             let stop = runtime.shutdown.clone();
             runtime.tasks.spawn(relay.run(stop));
         }

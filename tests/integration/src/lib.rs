@@ -6,6 +6,7 @@
 //! and `SHOPMESH_TEST_KAFKA_BROKERS`, defaulting to the local stack that
 //! `scripts/test.sh` brings up.
 
+pub mod broker;
 pub mod shop;
 pub mod tokens;
 
@@ -207,13 +208,15 @@ impl TestEnv {
             .iter()
             .map(|(g, ts)| (kafka.config.group(g), ts.iter().map(|t| kafka.config.topic(t)).collect()))
             .collect();
+        // The broker this env's services use (a test may point them elsewhere).
+        let bootstrap = kafka.config.brokers.clone();
         eventually("consumers caught up", timeout, || {
-            let groups = groups.clone();
+            let (groups, bootstrap) = (groups.clone(), bootstrap.clone());
             async move {
                 tokio::task::spawn_blocking(move || {
                     for (group, topics) in &groups {
                         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                            .set("bootstrap.servers", kafka_brokers())
+                            .set("bootstrap.servers", &bootstrap)
                             .set("group.id", group)
                             .create()
                             .ok()?;
