@@ -26,8 +26,10 @@ impl Currency {
     /// Digits after the decimal point (ISO 4217 exponent) for display.
     pub fn exponent(&self) -> u32 {
         match self.as_str() {
-            "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "HUF" | "TWD" | "UGX" => 0,
-            "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "IQD" | "LYD" => 3,
+            // ISO 4217 minor-unit exponents other than 2.
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+            | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
             _ => 2,
         }
     }
@@ -164,5 +166,7 @@ mod tests {
         assert_eq!(usd(5).to_string(), "USD 0.05");
         assert_eq!(Money::new(Currency::parse("JPY").unwrap(), 500).to_string(), "JPY 500");
         assert_eq!(Money::new(Currency::parse("KWD").unwrap(), 1500).to_string(), "KWD 1.500");
+        assert_eq!(Money::new(Currency::parse("XOF").unwrap(), 500).to_string(), "XOF 500");
+        assert_eq!(Money::new(Currency::parse("HUF").unwrap(), 500).to_string(), "HUF 5.00");
     }
 }
