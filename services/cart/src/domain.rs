@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shopmesh_catalog::domain::{Currency, Invalid, Money, MoneyError};
+use shopmesh_catalog::domain::Invalid;
+use shopmesh_platform::money::{Currency, Money, MoneyError};
 use uuid::Uuid;
 
 pub const MAX_QUANTITY: u8 = 99;
@@ -178,7 +179,8 @@ impl From<MoneyError> for PricingError {
     fn from(e: MoneyError) -> Self {
         match e {
             MoneyError::CurrencyMismatch(a, b) => PricingError::MixedCurrencies(a, b),
-            MoneyError::Overflow => PricingError::Overflow,
+            // Money arithmetic fails only on a mismatch or an overflow.
+            _ => PricingError::Overflow,
         }
     }
 }
@@ -195,7 +197,7 @@ pub fn price(cart: &Cart, catalog: &HashMap<Uuid, CatalogProduct>) -> Result<Pri
             unavailable.push(line.product_id);
             continue;
         };
-        let line_total = product.price.checked_mul(u32::from(line.quantity.get()))?;
+        let line_total = product.price.checked_mul(i64::from(line.quantity.get()))?;
         total = Some(match total {
             None => line_total,
             Some(t) => t.checked_add(line_total)?,
@@ -222,7 +224,7 @@ mod tests {
     }
 
     fn money(code: &str, amount: i64) -> Money {
-        Money::parse("price", code, amount).unwrap()
+        Money::new(Currency::parse(code).unwrap(), amount)
     }
 
     fn product(id: Uuid, code: &str, amount: i64, active: bool) -> CatalogProduct {

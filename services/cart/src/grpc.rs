@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use shopmesh_catalog::domain::{Currency, Invalid, Money};
+use shopmesh_catalog::domain::Invalid;
 use shopmesh_catalog::pb::BatchGetProductsRequest;
 use shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient;
 use shopmesh_platform::auth::RequestAuthExt as _;
 use shopmesh_platform::grpc::{TracePropagation, db_error, internal, invalid_argument};
-use shopmesh_platform::pb::common::v1 as common;
+use shopmesh_platform::money::{Currency, Money};
 use sqlx::PgPool;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -79,10 +79,6 @@ fn pricing_error(e: PricingError) -> Status {
     }
 }
 
-fn money(m: Money) -> common::Money {
-    common::Money { currency_code: m.currency().as_str().to_owned(), amount_minor: m.amount_minor() }
-}
-
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
@@ -114,9 +110,8 @@ impl CartApi {
         let mut out = HashMap::new();
         for p in response.into_inner().products {
             let id = Uuid::parse_str(&p.id).map_err(|e| internal("catalog returned a bad product id", e))?;
-            let m = p.price.unwrap_or_default();
-            let price = Money::parse("price", &m.currency_code, m.amount_minor)
-                .map_err(|e| internal("catalog returned a bad price", e))?;
+            let price =
+                Money::from_proto_opt(p.price.as_ref()).map_err(|e| internal("catalog returned a bad price", e))?;
             out.insert(id, CatalogProduct { id, sku: p.sku, name: p.name, price, active: p.active });
         }
         Ok(out)
@@ -172,12 +167,12 @@ impl CartApi {
                     product_id: l.product_id.to_string(),
                     sku: l.sku,
                     name: l.name,
-                    unit_price: Some(money(l.unit_price)),
+                    unit_price: Some(l.unit_price.to_proto()),
                     quantity: i32::from(l.quantity.get()),
-                    line_total: Some(money(l.line_total)),
+                    line_total: Some(l.line_total.to_proto()),
                 })
                 .collect(),
-            total: Some(money(priced.total.unwrap_or(Money::zero(self.default_currency)))),
+            total: Some(priced.total.unwrap_or(Money::zero(self.default_currency)).to_proto()),
             // At most 50 lines of 99.
             item_count: priced.item_count as i32,
             updated_at: Some(timestamp(cart.updated_at)),

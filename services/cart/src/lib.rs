@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use shopmesh_catalog::cache::Breaker;
-use shopmesh_catalog::domain::Currency;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
 use shopmesh_platform::grpc::{TracePropagation, channel};
 use shopmesh_platform::kafka::topics;
+use shopmesh_platform::money::Currency;
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -51,7 +51,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     let ttl = source.millis_or("CART_TTL_MS", Duration::from_secs(7 * 24 * 3600))?;
     let currency = source.get("DEFAULT_CURRENCY").unwrap_or_else(|| "USD".into());
     let default_currency =
-        Currency::parse("DEFAULT_CURRENCY", &currency).map_err(|e| anyhow::anyhow!("cart config {e}"))?;
+        Currency::parse(&currency).map_err(|e| anyhow::anyhow!("cart config DEFAULT_CURRENCY: {e}"))?;
     let catalog = shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient::with_interceptor(
         channel(&catalog_url).with_context(|| format!("CATALOG_URL {catalog_url:?}"))?,
         TracePropagation,

@@ -1,13 +1,16 @@
-//! Catalog rules: money, what a valid product is, how an update mask selects
-//! what changes, list filters, page tokens and cache keys. Pure.
+//! Catalog rules: what a valid product is, how an update mask selects what
+//! changes, list filters, page cursors and cache keys. Pure.
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use shopmesh_platform::grpc::invalid_argument;
+use shopmesh_platform::money::{Money, MoneyError};
+use shopmesh_platform::paging;
+use shopmesh_platform::pb::common::v1::{self as common, PageRequest};
+use tonic::Status;
 use uuid::Uuid;
 
 /// Why a value was rejected; `field` is the request field path.
@@ -21,87 +24,6 @@ pub struct Invalid {
 impl Invalid {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self { field: field.into(), reason: reason.into() }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Money (generic; candidate for the platform crate)
-
-/// ISO 4217 shape: three upper-case ASCII letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Currency([u8; 3]);
-
-impl Currency {
-    pub fn parse(field: &str, raw: &str) -> Result<Self, Invalid> {
-        let b = raw.as_bytes();
-        if b.len() == 3 && b.iter().all(u8::is_ascii_uppercase) {
-            Ok(Self([b[0], b[1], b[2]]))
-        } else {
-            Err(Invalid::new(field, "must be an ISO 4217 code of three upper-case letters, e.g. USD"))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII upper-case letters get in.
-        std::str::from_utf8(&self.0).expect("ascii")
-    }
-}
-
-impl std::fmt::Display for Currency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum MoneyError {
-    #[error("cannot combine {0} with {1}")]
-    CurrencyMismatch(Currency, Currency),
-    #[error("amount overflows")]
-    Overflow,
-}
-
-/// A non-negative amount in one currency's minor unit. Never a float.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Money {
-    currency: Currency,
-    amount_minor: i64,
-}
-
-impl Money {
-    /// `field` is the Money's path; the parts are named under it.
-    pub fn parse(field: &str, currency_code: &str, amount_minor: i64) -> Result<Self, Invalid> {
-        let currency = Currency::parse(&format!("{field}.currency_code"), currency_code)?;
-        if amount_minor < 0 {
-            return Err(Invalid::new(format!("{field}.amount_minor"), "must not be negative"));
-        }
-        Ok(Self { currency, amount_minor })
-    }
-
-    pub fn zero(currency: Currency) -> Self {
-        Self { currency, amount_minor: 0 }
-    }
-
-    pub fn currency(&self) -> Currency {
-        self.currency
-    }
-
-    pub fn amount_minor(&self) -> i64 {
-        self.amount_minor
-    }
-
-    pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
-        if self.currency != other.currency {
-            return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
-        }
-        let amount_minor = self.amount_minor.checked_add(other.amount_minor).ok_or(MoneyError::Overflow)?;
-        Ok(Money { currency: self.currency, amount_minor })
-    }
-
-    /// `self` times a non-negative count (a line total).
-    pub fn checked_mul(self, count: u32) -> Result<Money, MoneyError> {
-        let amount_minor = self.amount_minor.checked_mul(i64::from(count)).ok_or(MoneyError::Overflow)?;
-        Ok(Money { currency: self.currency, amount_minor })
     }
 }
 
@@ -188,16 +110,25 @@ pub struct RawProduct {
     pub name: String,
     pub description: String,
     pub category: String,
-    /// (currency_code, amount_minor); `None` when the request has no price.
-    pub price: Option<(String, i64)>,
+    /// `None` when the request has no price.
+    pub price: Option<common::Money>,
     pub image_url: String,
     pub attributes: BTreeMap<String, String>,
     pub active: bool,
 }
 
-fn price(field: &str, raw: &Option<(String, i64)>) -> Result<Money, Invalid> {
-    let (code, amount) = raw.as_ref().ok_or_else(|| Invalid::new(field, "is required"))?;
-    Money::parse(field, code, *amount)
+/// A price at request path `field`; a bad part is named under it
+/// (`{field}.currency_code`, `{field}.amount_minor`).
+fn price(field: &str, raw: Option<&common::Money>) -> Result<Money, Invalid> {
+    Money::from_proto_opt(raw).map_err(|e| match e {
+        MoneyError::Missing => Invalid::new(field, "is required"),
+        MoneyError::Currency(_) => Invalid::new(
+            format!("{field}.currency_code"),
+            "must be an ISO 4217 code of three upper-case letters, e.g. USD",
+        ),
+        MoneyError::Negative => Invalid::new(format!("{field}.amount_minor"), "must not be negative"),
+        other => Invalid::new(field, other.to_string()),
+    })
 }
 
 /// A product to create; valid by construction.
@@ -220,7 +151,7 @@ impl NewProduct {
             name: text(&format!("{at}.name"), &raw.name, MAX_NAME_CHARS, true, false)?,
             description: text(&format!("{at}.description"), &raw.description, MAX_DESCRIPTION_CHARS, false, true)?,
             category: text(&format!("{at}.category"), &raw.category, MAX_CATEGORY_CHARS, true, false)?,
-            price: price(&format!("{at}.price"), &raw.price)?,
+            price: price(&format!("{at}.price"), raw.price.as_ref())?,
             image_url: image_url(&format!("{at}.image_url"), &raw.image_url)?,
             attributes: attributes(&format!("{at}.attributes"), &raw.attributes)?,
         })
@@ -320,7 +251,7 @@ impl ProductPatch {
                 Field::Category => {
                     patch.category = Some(text(&f("category"), &raw.category, MAX_CATEGORY_CHARS, true, false)?)
                 }
-                Field::Price => patch.price = Some(price(&f("price"), &raw.price)?),
+                Field::Price => patch.price = Some(price(&f("price"), raw.price.as_ref())?),
                 Field::ImageUrl => patch.image_url = Some(image_url(&f("image_url"), &raw.image_url)?),
                 Field::Attributes => patch.attributes = Some(attributes(&f("attributes"), &raw.attributes)?),
                 Field::Active => patch.active = Some(raw.active),
@@ -376,15 +307,6 @@ pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
 pub const MAX_BATCH_IDS: usize = 100;
 
-/// Items per page: 0 → default, above the maximum → clamped.
-pub fn page_size(raw: i32) -> Result<u32, Invalid> {
-    match raw {
-        n if n < 0 => Err(Invalid::new("page.page_size", "must not be negative")),
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n => Ok((n as u32).min(MAX_PAGE_SIZE)),
-    }
-}
-
 /// Parses a product id.
 pub fn product_id(field: &str, raw: &str) -> Result<Uuid, Invalid> {
     Uuid::parse_str(raw.trim()).map_err(|_| Invalid::new(field, "must be a UUID"))
@@ -425,78 +347,52 @@ impl ListFilter {
         })
     }
 
-    /// Short digest of the filters; a page token only fits the filters it came from.
-    fn digest(&self) -> String {
-        let json = serde_json::to_vec(self).expect("filters serialise");
-        hex(&Sha256::digest(json)[..8])
+    /// What a page token is bound to: it only fits the filters it came from.
+    fn fingerprint(&self) -> String {
+        paging::fingerprint(&["products", &serde_json::to_string(self).expect("filters serialise")])
     }
 }
 
 /// Where the next page starts, in the listing's sort order.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Cursor {
     /// Default listing: newest first, `(created_at, id)` descending.
     Recent { created_at: DateTime<Utc>, id: Uuid },
     /// Search: `(rank, id)` descending.
-    Ranked { rank: f32, id: Uuid },
+    Ranked {
+        #[serde(with = "rank_bits")]
+        rank: f32,
+        id: Uuid,
+    },
 }
 
-#[derive(Serialize, Deserialize)]
-struct TokenBody {
-    /// Filter digest.
-    f: String,
-    /// Microseconds of created_at (Recent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    t: Option<i64>,
-    /// Bits of the f32 rank (Ranked), so it round-trips exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    r: Option<u32>,
-    i: Uuid,
+/// A rank travels as the bits of its f32, so it round-trips exactly.
+mod rank_bits {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rank: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(rank.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        u32::deserialize(d).map(f32::from_bits)
+    }
 }
 
-const CHECKSUM_LEN: usize = 6;
-
-/// Opaque token: base64url(JSON body ‖ truncated SHA-256 of it). The checksum
-/// catches edited or truncated tokens; positions aren't secret, so no MAC.
+/// The opaque token of the page after `cursor` (a platform page token).
 pub fn encode_page_token(cursor: &Cursor, filter: &ListFilter) -> String {
-    let (t, r, i) = match *cursor {
-        Cursor::Recent { created_at, id } => (Some(created_at.timestamp_micros()), None, id),
-        Cursor::Ranked { rank, id } => (None, Some(rank.to_bits()), id),
-    };
-    let mut bytes = serde_json::to_vec(&TokenBody { f: filter.digest(), t, r, i }).expect("token serialises");
-    let sum = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&sum[..CHECKSUM_LEN]);
-    URL_SAFE_NO_PAD.encode(bytes)
+    paging::encode_token(cursor, &filter.fingerprint())
 }
 
-/// `Ok(None)` for the first page.
-pub fn decode_page_token(token: &str, filter: &ListFilter) -> Result<Option<Cursor>, Invalid> {
-    const FIELD: &str = "page.page_token";
-    let token = token.trim();
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Invalid::new(FIELD, "is not a token this listing issued");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    if bytes.len() <= CHECKSUM_LEN {
-        return Err(bad());
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    if Sha256::digest(body)[..CHECKSUM_LEN] != *sum {
-        return Err(bad());
-    }
-    let body: TokenBody = serde_json::from_slice(body).map_err(|_| bad())?;
-    if body.f != filter.digest() {
-        return Err(Invalid::new(FIELD, "was issued for different filters"));
-    }
-    let cursor = match (body.t, body.r, filter.q.is_some()) {
-        (Some(t), None, false) => {
-            Cursor::Recent { created_at: DateTime::from_timestamp_micros(t).ok_or_else(bad)?, id: body.i }
+/// The cursor `page` continues from (`None` for the first page). A token
+/// issued for other filters, or for the other sort order, is refused.
+pub fn decode_page_token(page: Option<&PageRequest>, filter: &ListFilter) -> Result<Option<Cursor>, Status> {
+    match (paging::decode_token(page, &filter.fingerprint())?, filter.q.is_some()) {
+        (Some(Cursor::Recent { .. }), true) | (Some(Cursor::Ranked { .. }), false) => {
+            Err(invalid_argument("page.page_token", "is not a token this listing issued"))
         }
-        (None, Some(r), true) => Cursor::Ranked { rank: f32::from_bits(r), id: body.i },
-        _ => return Err(bad()),
-    };
-    Ok(Some(cursor))
+        (cursor, _) => Ok(cursor),
+    }
 }
 
 /// Stable digest of a normalised list request (filters, page size, token):
@@ -518,10 +414,17 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
+    fn pb_money(code: &str, amount_minor: i64) -> Option<common::Money> {
+        Some(common::Money { currency_code: code.into(), amount_minor })
+    }
+
     fn usd(amount: i64) -> Money {
-        Money::parse("price", "USD", amount).unwrap()
+        price("price", pb_money("USD", amount).as_ref()).unwrap()
     }
 
     fn raw() -> RawProduct {
@@ -530,7 +433,7 @@ mod tests {
             name: " Coffee mug ".into(),
             description: "Stoneware.\nDishwasher safe.".into(),
             category: "Kitchen".into(),
-            price: Some(("USD".into(), 1299)),
+            price: pb_money("USD", 1299),
             image_url: "https://img.example.com/mug.jpg".into(),
             attributes: [("color".to_owned(), "blue".to_owned())].into(),
             active: true,
@@ -538,23 +441,14 @@ mod tests {
     }
 
     #[test]
-    fn money_rejects_bad_currency_and_negative_amounts() {
+    fn price_names_the_bad_part_under_its_path() {
         for code in ["usd", "US", "USDX", "", "U$D"] {
-            let e = Money::parse("price", code, 1).unwrap_err();
+            let e = price("price", pb_money(code, 1).as_ref()).unwrap_err();
             assert_eq!(e.field, "price.currency_code", "{code}");
         }
-        assert_eq!(Money::parse("price", "USD", -1).unwrap_err().field, "price.amount_minor");
-        assert_eq!(usd(0).amount_minor(), 0);
-    }
-
-    #[test]
-    fn money_math_is_checked() {
-        assert_eq!(usd(150).checked_add(usd(50)).unwrap(), usd(200));
-        assert_eq!(usd(1999).checked_mul(3).unwrap(), usd(5997));
-        assert_eq!(usd(i64::MAX).checked_add(usd(1)), Err(MoneyError::Overflow));
-        assert_eq!(usd(i64::MAX / 2 + 1).checked_mul(2), Err(MoneyError::Overflow));
-        let eur = Money::parse("p", "EUR", 1).unwrap();
-        assert!(matches!(usd(1).checked_add(eur), Err(MoneyError::CurrencyMismatch(_, _))));
+        assert_eq!(price("price", pb_money("USD", -1).as_ref()).unwrap_err().field, "price.amount_minor");
+        assert_eq!(price("price", None).unwrap_err().field, "price");
+        assert_eq!(usd(0).amount_minor, 0);
     }
 
     #[test]
@@ -572,8 +466,8 @@ mod tests {
             (|r| r.description = "d".repeat(5001), "product.description"),
             (|r| r.category = String::new(), "product.category"),
             (|r| r.price = None, "product.price"),
-            (|r| r.price = Some(("usd".into(), 1)), "product.price.currency_code"),
-            (|r| r.price = Some(("USD".into(), -5)), "product.price.amount_minor"),
+            (|r| r.price = pb_money("usd", 1), "product.price.currency_code"),
+            (|r| r.price = pb_money("USD", -5), "product.price.amount_minor"),
             (|r| r.image_url = "ftp://x/y.png".into(), "product.image_url"),
             (|r| r.image_url = "https://".into(), "product.image_url"),
             (|r| r.image_url = "not a url".into(), "product.image_url"),
@@ -611,7 +505,7 @@ mod tests {
         let mut r = raw();
         r.name = "Big mug".into();
         r.category = String::new(); // invalid, but not masked
-        r.price = Some(("USD".into(), 1499));
+        r.price = pb_money("USD", 1499);
         let patch = ProductPatch::from_mask(&["name".into(), "price".into()], "product", &r).unwrap();
         assert_eq!(patch.name.as_deref(), Some("Big mug"));
         assert_eq!(patch.price, Some(usd(1499)));
@@ -644,14 +538,6 @@ mod tests {
     }
 
     #[test]
-    fn page_size_defaults_clamps_and_rejects_negative() {
-        assert_eq!(page_size(0).unwrap(), 20);
-        assert_eq!(page_size(7).unwrap(), 7);
-        assert_eq!(page_size(1000).unwrap(), 100);
-        assert_eq!(page_size(-1).unwrap_err().field, "page.page_size");
-    }
-
-    #[test]
     fn list_filter_normalises_and_checks_bounds() {
         let f = ListFilter::parse(" Kitchen ", 0, 500, "  Blue   MUG ").unwrap();
         assert_eq!(f.category.as_deref(), Some("Kitchen"));
@@ -663,37 +549,51 @@ mod tests {
         assert!(ListFilter::parse("", 5, 5, "").is_ok(), "bounds are inclusive");
     }
 
+    fn page(token: &str) -> Option<PageRequest> {
+        Some(PageRequest { page_size: 0, page_token: token.to_owned() })
+    }
+
     #[test]
     fn page_tokens_round_trip_for_both_orders() {
         let plain = ListFilter::parse("Kitchen", 0, 0, "").unwrap();
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let c = Cursor::Recent { created_at: at, id: Uuid::now_v7() };
-        assert_eq!(decode_page_token(&encode_page_token(&c, &plain), &plain).unwrap(), Some(c));
+        assert_eq!(decode_page_token(page(&encode_page_token(&c, &plain)).as_ref(), &plain).unwrap(), Some(c));
 
         let search = ListFilter::parse("", 0, 0, "mug").unwrap();
         let c = Cursor::Ranked { rank: 0.075_990_7, id: Uuid::now_v7() };
-        assert_eq!(decode_page_token(&encode_page_token(&c, &search), &search).unwrap(), Some(c));
-        assert_eq!(decode_page_token("", &search).unwrap(), None);
+        assert_eq!(decode_page_token(page(&encode_page_token(&c, &search)).as_ref(), &search).unwrap(), Some(c));
+        assert_eq!(decode_page_token(page("").as_ref(), &search).unwrap(), None);
+        assert_eq!(decode_page_token(None, &search).unwrap(), None);
     }
 
     #[test]
-    fn page_tokens_detect_tampering_and_filter_changes() {
+    fn page_tokens_refuse_edits_other_filters_and_the_other_order() {
         let f = ListFilter::parse("Kitchen", 0, 0, "").unwrap();
         let token = encode_page_token(&Cursor::Recent { created_at: Utc::now(), id: Uuid::now_v7() }, &f);
+        let refused = |token: &str, filter: &ListFilter| decode_page_token(page(token).as_ref(), filter).unwrap_err();
 
         let other = ListFilter::parse("Garden", 0, 0, "").unwrap();
-        let e = decode_page_token(&token, &other).unwrap_err();
-        assert_eq!(e.field, "page.page_token");
-        assert!(e.reason.contains("different filters"), "{e}");
+        let e = refused(&token, &other);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("page.page_token"), "{}", e.message());
+        assert!(e.message().contains("different filters"), "{}", e.message());
 
-        // Flip one byte of the body: the checksum no longer matches.
+        // Flip one byte of the body: it no longer decodes to a cursor.
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         bytes[10] ^= 0x01;
         let tampered = URL_SAFE_NO_PAD.encode(bytes);
-        assert_eq!(decode_page_token(&tampered, &f).unwrap_err().field, "page.page_token");
+        assert!(refused(&tampered, &f).message().starts_with("page.page_token"));
         for junk in ["!!!", "abc", &token[..token.len() - 3]] {
-            assert_eq!(decode_page_token(junk, &f).unwrap_err().field, "page.page_token", "{junk}");
+            assert!(refused(junk, &f).message().starts_with("page.page_token"), "{junk}");
         }
+
+        // A search cursor under the filters of a plain listing (and vice versa).
+        let ranked = encode_page_token(&Cursor::Ranked { rank: 0.5, id: Uuid::now_v7() }, &f);
+        assert!(refused(&ranked, &f).message().starts_with("page.page_token"));
+        let search = ListFilter::parse("", 0, 0, "mug").unwrap();
+        let recent = encode_page_token(&Cursor::Recent { created_at: Utc::now(), id: Uuid::now_v7() }, &search);
+        assert!(refused(&recent, &search).message().starts_with("page.page_token"));
     }
 
     #[test]

@@ -8,17 +8,12 @@ use futures::StreamExt as _;
 use rdkafka::Message as _;
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::kafka::{Kafka, topics};
-use shopmesh_platform::pb::common::v1 as common;
 use shopmesh_platform::pb::events::v1::{PriceChanged, ProductCreated, ProductUpdated};
 use shopmesh_platform::shutdown::Shutdown;
 use uuid::Uuid;
 
 use crate::cache::Cache;
-use crate::domain::{Applied, Money, Product};
-
-pub fn money(m: Money) -> common::Money {
-    common::Money { currency_code: m.currency().as_str().to_owned(), amount_minor: m.amount_minor() }
-}
+use crate::domain::{Applied, Product};
 
 pub fn created(p: &Product) -> ProductCreated {
     ProductCreated {
@@ -26,7 +21,7 @@ pub fn created(p: &Product) -> ProductCreated {
         sku: p.sku.clone(),
         name: p.name.clone(),
         category: p.category.clone(),
-        price: Some(money(p.price)),
+        price: Some(p.price.to_proto()),
     }
 }
 
@@ -41,8 +36,8 @@ pub fn updated(applied: &Applied) -> ProductUpdated {
 pub fn price_changed(applied: &Applied) -> Option<PriceChanged> {
     applied.old_price.map(|old| PriceChanged {
         product_id: applied.product.id.to_string(),
-        old_price: Some(money(old)),
-        new_price: Some(money(applied.product.price)),
+        old_price: Some(old.to_proto()),
+        new_price: Some(applied.product.price.to_proto()),
     })
 }
 

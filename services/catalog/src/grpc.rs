@@ -7,6 +7,7 @@ use prost::Message as _;
 use shopmesh_platform::auth::{ROLE_ADMIN, RequestAuthExt as _};
 use shopmesh_platform::grpc::{db_error, invalid_argument};
 use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::PageResponse;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -14,8 +15,8 @@ use uuid::Uuid;
 
 use crate::cache::{self, Cache, Kind};
 use crate::domain::{
-    self, Invalid, ListFilter, MAX_BATCH_IDS, NewProduct, Product, ProductPatch, RawProduct, decode_page_token,
-    encode_page_token, list_cache_digest, page_size,
+    self, DEFAULT_PAGE_SIZE, Invalid, ListFilter, MAX_BATCH_IDS, MAX_PAGE_SIZE, NewProduct, Product, ProductPatch,
+    RawProduct, decode_page_token, encode_page_token, list_cache_digest,
 };
 use crate::events;
 use crate::pb;
@@ -33,7 +34,7 @@ fn raw_product(p: pb::Product) -> RawProduct {
         name: p.name,
         description: p.description,
         category: p.category,
-        price: p.price.map(|m| (m.currency_code, m.amount_minor)),
+        price: p.price,
         image_url: p.image_url,
         attributes: p.attributes.into_iter().collect(),
         active: p.active,
@@ -78,9 +79,9 @@ impl TryFrom<pb::ListProductsRequest> for ListRequest {
     type Error = Status;
     fn try_from(r: pb::ListProductsRequest) -> Result<Self, Status> {
         let page = r.page.unwrap_or_default();
-        let size = page_size(page.page_size)?;
+        let size = paging::page_size(Some(&page), DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let filter = ListFilter::parse(&r.category, r.min_price_minor, r.max_price_minor, &r.q)?;
-        let after = decode_page_token(&page.page_token, &filter)?;
+        let after = decode_page_token(Some(&page), &filter)?;
         Ok(Self { filter, page_size: size, after, page_token: page.page_token })
     }
 }
@@ -97,7 +98,7 @@ impl From<Product> for pb::Product {
             name: p.name,
             description: p.description,
             category: p.category,
-            price: Some(events::money(p.price)),
+            price: Some(p.price.to_proto()),
             image_url: p.image_url,
             attributes: p.attributes.into_iter().collect(),
             active: p.active,
@@ -308,5 +309,27 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         let id = id(&request.get_ref().id)?;
         let product = self.patch(id, &ProductPatch::archive()).await?;
         Ok(Response::new(pb::ArchiveProductResponse { product: Some(product.into()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shopmesh_platform::pb::common::v1::PageRequest;
+
+    use super::*;
+
+    fn list(page_size: i32) -> Result<ListRequest, Status> {
+        let page = Some(PageRequest { page_size, page_token: String::new() });
+        ListRequest::try_from(pb::ListProductsRequest { page, ..Default::default() })
+    }
+
+    #[test]
+    fn page_size_defaults_clamps_and_rejects_negative() {
+        assert_eq!(list(0).ok().unwrap().page_size, 20);
+        assert_eq!(list(7).ok().unwrap().page_size, 7);
+        assert_eq!(list(1000).ok().unwrap().page_size, 100);
+        let e = list(-1).err().unwrap();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("page.page_size"), "{}", e.message());
     }
 }

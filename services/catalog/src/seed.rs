@@ -2,6 +2,7 @@
 //! announces only what it inserted.
 
 use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::pb::common::v1::Money;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -528,7 +529,7 @@ fn demo_products() -> anyhow::Result<Vec<NewProduct>> {
                 name: name.into(),
                 description: description.into(),
                 category: category.into(),
-                price: Some(("USD".into(), cents)),
+                price: Some(Money { currency_code: "USD".into(), amount_minor: cents }),
                 image_url: format!("https://images.shopmesh.example/{}.jpg", sku.to_lowercase()),
                 attributes: [("brand".to_owned(), brand.to_owned())].into(),
                 active: true,

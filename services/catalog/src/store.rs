@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use shopmesh_platform::money::Money;
+use shopmesh_platform::pb::common::v1 as common;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Cursor, ListFilter, Money, NewProduct, Product};
+use crate::domain::{Cursor, ListFilter, NewProduct, Product};
 
 const COLUMNS: &str = "id, sku, name, description, category, price_currency, price_minor, image_url, attributes, active, created_at, updated_at";
 
@@ -39,8 +41,8 @@ impl TryFrom<ProductRow> for Product {
     type Error = sqlx::Error;
     fn try_from(r: ProductRow) -> Result<Self, sqlx::Error> {
         // The table's CHECK constraints make this infallible in practice.
-        let price =
-            Money::parse("price", &r.price_currency, r.price_minor).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let price = Money::from_proto(&common::Money { currency_code: r.price_currency, amount_minor: r.price_minor })
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         Ok(Product {
             id: r.id,
             sku: r.sku,
@@ -102,8 +104,8 @@ async fn insert_row(
         .bind(&p.name)
         .bind(&p.description)
         .bind(&p.category)
-        .bind(p.price.currency().as_str())
-        .bind(p.price.amount_minor())
+        .bind(p.price.currency.as_str())
+        .bind(p.price.amount_minor)
         .bind(&p.image_url)
         .bind(Json(&p.attributes))
         .fetch_optional(&mut *tx)
@@ -152,8 +154,8 @@ pub async fn update(tx: &mut PgConnection, p: &Product) -> Result<Product, sqlx:
     .bind(&p.name)
     .bind(&p.description)
     .bind(&p.category)
-    .bind(p.price.currency().as_str())
-    .bind(p.price.amount_minor())
+    .bind(p.price.currency.as_str())
+    .bind(p.price.amount_minor)
     .bind(&p.image_url)
     .bind(Json(&p.attributes))
     .bind(p.active)

@@ -4,12 +4,13 @@
 
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
-use shopmesh_platform::pb::common::v1::Money;
+use shopmesh_platform::money::Money;
+use shopmesh_platform::pb::common::v1::Money as PbMoney;
 use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, OrderConfirmed, PaymentRefunded};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{self, Amount, CancelCause, Occurrence};
+use crate::domain::{self, CancelCause, Occurrence};
 use crate::store;
 
 /// Consumer group and inbox name.
@@ -17,8 +18,9 @@ pub const CONSUMER: &str = "notification";
 
 pub struct Notifier;
 
-fn amount(money: Option<Money>) -> Option<Amount> {
-    money.filter(|m| !m.currency_code.is_empty()).map(|m| Amount { currency: m.currency_code, minor: m.amount_minor })
+/// An amount worth naming in a message; without one the message leaves it out.
+fn amount(money: Option<PbMoney>) -> Option<Money> {
+    Money::from_proto_opt(money.as_ref()).ok()
 }
 
 fn cause(reason: i32) -> CancelCause {
@@ -60,5 +62,20 @@ impl EventHandler for Notifier {
         let created = store::insert(tx, event.event_id, user_id, &message).await?;
         tracing::info!(%user_id, kind = message.kind.as_str(), order_id = %message.order_id, created, "notification");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_valid_amount_is_named() {
+        let pb = |code: &str, amount_minor| Some(PbMoney { currency_code: code.into(), amount_minor });
+        assert_eq!(amount(pb("USD", 1234)).map(|m| m.to_string()).as_deref(), Some("USD 12.34"));
+        assert_eq!(amount(None), None);
+        assert_eq!(amount(pb("", 1234)), None, "an unset Money");
+        assert_eq!(amount(pb("usd", 1234)), None);
+        assert_eq!(amount(pb("USD", -1)), None);
     }
 }

@@ -2,37 +2,36 @@
 //! notifications, newest first.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
-use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::grpc::db_error;
+use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::PageResponse;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{self, Cursor, Invalid, Kind};
+use crate::domain::Kind;
 use crate::pb;
-use crate::store::{self, NotificationRow};
-
-impl From<Invalid> for Status {
-    fn from(e: Invalid) -> Self {
-        invalid_argument(&e.field, e.reason)
-    }
-}
+use crate::store::{self, ListCursor, NotificationRow};
 
 /// ListNotifications, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    pub cursor: Option<Cursor>,
-    pub limit: i64,
+    pub cursor: Option<ListCursor>,
+    pub limit: u32,
+}
+
+impl Page {
+    /// What a page token is bound to (the listing has no filters of its own).
+    fn filters() -> String {
+        paging::fingerprint(&["notifications"])
+    }
 }
 
 impl TryFrom<pb::ListNotificationsRequest> for Page {
     type Error = Status;
     fn try_from(r: pb::ListNotificationsRequest) -> Result<Self, Status> {
-        let page = r.page.unwrap_or_default();
-        Ok(Self {
-            cursor: Cursor::decode("page.page_token", &page.page_token)?,
-            limit: domain::page_size("page.page_size", page.page_size)?,
-        })
+        let page = r.page.as_ref();
+        Ok(Self { cursor: paging::decode_token(page, &Self::filters())?, limit: paging::page_size(page, 20, 100)? })
     }
 }
 
@@ -77,15 +76,51 @@ impl pb::notification_service_server::NotificationService for NotificationApi {
             .map_err(|_| Status::unauthenticated("token subject is not a user id"))?;
         let page = Page::try_from(request.into_inner())?;
         let mut rows = store::list(&self.pool, user_id, page.cursor, page.limit).await.map_err(db_error)?;
-        let more = rows.len() as i64 > page.limit;
+        let more = rows.len() > page.limit as usize;
         rows.truncate(page.limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => Cursor { created_at: last.created_at, id: last.id }.encode(),
+            Some(last) if more => paging::encode_token(&(last.created_at, last.id), &Page::filters()),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: rows.into_iter().map(Into::into).collect(),
             page: Some(PageResponse { next_page_token }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shopmesh_platform::pb::common::v1::PageRequest;
+
+    use super::*;
+
+    fn page(page_size: i32, page_token: &str) -> Result<Page, Status> {
+        Page::try_from(pb::ListNotificationsRequest {
+            page: Some(PageRequest { page_size, page_token: page_token.into() }),
+        })
+    }
+
+    fn field_of(status: Status) -> String {
+        use tonic_types::StatusExt as _;
+        status.get_details_bad_request().expect("bad request detail").field_violations[0].field.clone()
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(Page::try_from(pb::ListNotificationsRequest::default()).unwrap().limit, 20);
+        assert_eq!(page(0, "").unwrap().limit, 20);
+        assert_eq!(page(250, "").unwrap().limit, 100);
+        assert_eq!(field_of(page(-3, "").unwrap_err()), "page.page_size");
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let cursor: ListCursor =
+            (chrono::DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap(), Uuid::now_v7());
+        let token = paging::encode_token(&cursor, &Page::filters());
+        assert_eq!(page(0, &token).unwrap().cursor, Some(cursor));
+        assert_eq!(page(0, "").unwrap().cursor, None);
+        assert_eq!(field_of(page(0, "@@").unwrap_err()), "page.page_token");
     }
 }

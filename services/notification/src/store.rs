@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Cursor, Kind, Message};
+use crate::domain::{Kind, Message};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NotificationRow {
@@ -48,13 +48,16 @@ pub async fn insert(
     Ok(n == 1)
 }
 
+/// Keyset position in a listing: `(created_at, id)` of the last row returned.
+pub type ListCursor = (DateTime<Utc>, Uuid);
+
 /// One page of `user_id`'s notifications after `cursor`, plus one extra row
 /// so the caller knows whether another page exists.
 pub async fn list(
     pool: &PgPool,
     user_id: Uuid,
-    cursor: Option<Cursor>,
-    limit: i64,
+    cursor: Option<ListCursor>,
+    limit: u32,
 ) -> Result<Vec<NotificationRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, user_id, kind, order_id, title, body, created_at
@@ -64,9 +67,9 @@ pub async fn list(
          LIMIT $4",
     )
     .bind(user_id)
-    .bind(cursor.map(|c| c.created_at))
-    .bind(cursor.map(|c| c.id))
-    .bind(limit + 1)
+    .bind(cursor.map(|(created_at, _)| created_at))
+    .bind(cursor.map(|(_, id)| id))
+    .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await
 }

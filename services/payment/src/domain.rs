@@ -1,52 +1,28 @@
-//! Payment rules, pure: money, the payment state machine, what to do when a
-//! reservation or a cancellation arrives, the primary provider's circuit
-//! breaker, and pagination cursors.
+//! Payment rules, pure: what can be charged, the payment state machine, what
+//! to do when a reservation or a cancellation arrives, and the primary
+//! provider's circuit breaker.
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use shopmesh_platform::money::{Money, MoneyError};
+use shopmesh_platform::pb::common::v1::Money as PbMoney;
 
-/// Why a value was rejected; `field` is the request (or event) field path.
+/// Why an amount cannot be charged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct Invalid {
-    pub field: String,
-    pub reason: String,
+pub enum AmountError {
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    #[error("amount_minor must be positive")]
+    NotPositive,
 }
 
-impl Invalid {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+/// A chargeable amount: valid [`Money`] of more than zero minor units.
+pub fn chargeable(m: &PbMoney) -> Result<Money, AmountError> {
+    let money = Money::from_proto(m)?;
+    if money.amount_minor == 0 {
+        return Err(AmountError::NotPositive);
     }
-}
-
-/// A chargeable amount: ISO 4217 code and a positive number of minor units.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Money {
-    currency: String,
-    minor: i64,
-}
-
-impl Money {
-    pub fn parse(field: &str, currency: &str, minor: i64) -> Result<Self, Invalid> {
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Invalid::new(format!("{field}.currency_code"), "must be an upper-case ISO 4217 code"));
-        }
-        if minor <= 0 {
-            return Err(Invalid::new(format!("{field}.amount_minor"), "must be positive"));
-        }
-        Ok(Self { currency: currency.to_owned(), minor })
-    }
-
-    pub fn currency(&self) -> &str {
-        &self.currency
-    }
-
-    pub fn minor(&self) -> i64 {
-        self.minor
-    }
+    Ok(money)
 }
 
 /// Where a payment is. Rows are only ever committed in one of these: the
@@ -237,58 +213,19 @@ impl CircuitBreaker {
     }
 }
 
-pub const DEFAULT_PAGE_SIZE: i64 = 20;
-pub const MAX_PAGE_SIZE: i64 = 100;
-
-/// 0 means the default; larger than the maximum is capped.
-pub fn page_size(field: &str, raw: i32) -> Result<i64, Invalid> {
-    match raw {
-        n if n < 0 => Err(Invalid::new(field, "must not be negative")),
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
-    }
-}
-
-/// Keyset position: the last row of the previous page, newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
-impl Cursor {
-    pub fn encode(&self) -> String {
-        let raw = format!("{}.{}", self.created_at.timestamp_micros(), self.id);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    }
-
-    /// Empty means the first page.
-    pub fn decode(field: &str, token: &str) -> Result<Option<Self>, Invalid> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let bad = || Invalid::new(field, "is not a token from a previous response");
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
-        let (micros, id) = raw.split_once('.').ok_or_else(bad)?;
-        let created_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-        let id = Uuid::parse_str(id).map_err(|_| bad())?;
-        Ok(Some(Self { created_at, id }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn money_needs_a_currency_code_and_a_positive_amount() {
-        let m = Money::parse("total", "USD", 1234).unwrap();
-        assert_eq!((m.currency(), m.minor()), ("USD", 1234));
-        assert_eq!(Money::parse("total", "usd", 1).unwrap_err().field, "total.currency_code");
-        assert_eq!(Money::parse("total", "", 1).unwrap_err().field, "total.currency_code");
-        assert_eq!(Money::parse("total", "USD", 0).unwrap_err().field, "total.amount_minor");
-        assert_eq!(Money::parse("total", "USD", -5).unwrap_err().field, "total.amount_minor");
+        let total = |code: &str, amount_minor| chargeable(&PbMoney { currency_code: code.into(), amount_minor });
+        let m = total("USD", 1234).unwrap();
+        assert_eq!((m.currency.as_str(), m.amount_minor), ("USD", 1234));
+        assert!(matches!(total("usd", 1), Err(AmountError::Money(MoneyError::Currency(_)))));
+        assert!(matches!(total("", 1), Err(AmountError::Money(MoneyError::Currency(_)))));
+        assert_eq!(total("USD", 0), Err(AmountError::NotPositive));
+        assert_eq!(total("USD", -5), Err(AmountError::Money(MoneyError::Negative)));
     }
 
     #[test]
@@ -416,24 +353,5 @@ mod tests {
         }
         assert!(!b.allows(t0 + Duration::from_millis(99)));
         assert!(b.allows(t0 + Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn page_size_defaults_and_caps() {
-        assert_eq!(page_size("page.page_size", 0), Ok(20));
-        assert_eq!(page_size("page.page_size", 7), Ok(7));
-        assert_eq!(page_size("page.page_size", 1000), Ok(100));
-        assert_eq!(page_size("page.page_size", -1).unwrap_err().field, "page.page_size");
-    }
-
-    #[test]
-    fn cursor_round_trips_and_rejects_garbage() {
-        let c =
-            Cursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::now_v7() };
-        assert_eq!(Cursor::decode("page.page_token", &c.encode()), Ok(Some(c)));
-        assert_eq!(Cursor::decode("page.page_token", ""), Ok(None));
-        assert_eq!(Cursor::decode("page.page_token", "not-a-token!").unwrap_err().field, "page.page_token");
-        let no_dot = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12345");
-        assert!(Cursor::decode("page.page_token", &no_dot).is_err());
     }
 }

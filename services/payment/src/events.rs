@@ -8,11 +8,12 @@ use std::sync::Arc;
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, StockReserved};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{self, Money, OnCancelled, OnReserved};
+use crate::domain::{self, OnCancelled, OnReserved};
 use crate::provider::{ProviderError, Router};
 use crate::store::{self, NewPayment, Outcome};
 
@@ -73,7 +74,8 @@ impl SagaHandler {
     /// Charges through the router. The provider call is idempotent on the
     /// order id, so a retry after this transaction rolled back is safe.
     async fn charge(&self, payment: &NewPayment, token: &str) -> Result<Outcome, HandlerError> {
-        let Ok(amount) = Money::parse("total", &payment.currency_code, payment.amount_minor) else {
+        let total = Money { currency_code: payment.currency_code.clone(), amount_minor: payment.amount_minor };
+        let Ok(amount) = domain::chargeable(&total) else {
             // Decline rather than dead-letter, so the saga still compensates.
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };

@@ -3,27 +3,29 @@
 
 use shopmesh_platform::auth::RequestAuthExt as _;
 use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::{Money as PbMoney, PageResponse};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{self, Cursor, Invalid, PaymentStatus};
+use crate::domain::PaymentStatus;
 use crate::pb;
-use crate::store::{self, PaymentRow};
-
-impl From<Invalid> for Status {
-    fn from(e: Invalid) -> Self {
-        invalid_argument(&e.field, e.reason)
-    }
-}
+use crate::store::{self, ListCursor, PaymentRow};
 
 /// ListPayments, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentQuery {
     pub order_id: Option<Uuid>,
-    pub cursor: Option<Cursor>,
-    pub limit: i64,
+    pub cursor: Option<ListCursor>,
+    pub limit: u32,
+}
+
+impl PaymentQuery {
+    /// What a page token is bound to: the filters of the listing that issued it.
+    fn filters(order_id: Option<Uuid>) -> String {
+        paging::fingerprint(&["payments", &order_id.map(|id| id.to_string()).unwrap_or_default()])
+    }
 }
 
 impl TryFrom<pb::ListPaymentsRequest> for PaymentQuery {
@@ -33,11 +35,11 @@ impl TryFrom<pb::ListPaymentsRequest> for PaymentQuery {
             "" => None,
             raw => Some(Uuid::parse_str(raw).map_err(|_| invalid_argument("order_id", "must be a UUID"))?),
         };
-        let page = r.page.unwrap_or_default();
+        let page = r.page.as_ref();
         Ok(Self {
             order_id,
-            cursor: Cursor::decode("page.page_token", &page.page_token)?,
-            limit: domain::page_size("page.page_size", page.page_size)?,
+            cursor: paging::decode_token(page, &Self::filters(order_id))?,
+            limit: paging::page_size(page, 20, 100)?,
         })
     }
 }
@@ -98,10 +100,12 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let mut rows = store::list_payments(&self.pool, user_id, query.order_id, query.cursor, query.limit)
             .await
             .map_err(db_error)?;
-        let more = rows.len() as i64 > query.limit;
+        let more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => Cursor { created_at: last.created_at, id: last.id }.encode(),
+            Some(last) if more => {
+                paging::encode_token(&(last.created_at, last.id), &PaymentQuery::filters(query.order_id))
+            }
             _ => String::new(),
         };
         Ok(Response::new(pb::ListPaymentsResponse {
@@ -158,5 +162,36 @@ mod tests {
             page: Some(PageRequest { page_size: 0, page_token: "garbage".into() }),
         };
         assert_eq!(field_of(PaymentQuery::try_from(bad_token).unwrap_err()), "page.page_token");
+        let bad_size = pb::ListPaymentsRequest {
+            order_id: String::new(),
+            page: Some(PageRequest { page_size: -1, page_token: String::new() }),
+        };
+        assert_eq!(field_of(PaymentQuery::try_from(bad_size).unwrap_err()), "page.page_size");
+    }
+
+    #[test]
+    fn page_token_round_trips_and_is_bound_to_the_order_filter() {
+        let (a, b) = (Some(Uuid::now_v7()), Some(Uuid::now_v7()));
+        let cursor: ListCursor =
+            (chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), Uuid::now_v7());
+        let request = |order_id: Option<Uuid>, token: &str| pb::ListPaymentsRequest {
+            order_id: order_id.map(|id| id.to_string()).unwrap_or_default(),
+            page: Some(PageRequest { page_size: 0, page_token: token.into() }),
+        };
+        for filter in [None, a] {
+            let token = paging::encode_token(&cursor, &PaymentQuery::filters(filter));
+            assert_eq!(PaymentQuery::try_from(request(filter, &token)).unwrap().cursor, Some(cursor));
+        }
+        let sized = pb::ListPaymentsRequest {
+            page: Some(PageRequest { page_size: 7, ..Default::default() }),
+            ..request(a, "")
+        };
+        assert_eq!(PaymentQuery::try_from(sized).unwrap().limit, 7);
+        // Valid base64, but not a token.
+        assert_eq!(field_of(PaymentQuery::try_from(request(None, "MTIzNDU")).unwrap_err()), "page.page_token");
+        let token = paging::encode_token(&cursor, &PaymentQuery::filters(a));
+        for other in [None, b] {
+            assert_eq!(field_of(PaymentQuery::try_from(request(other, &token)).unwrap_err()), "page.page_token");
+        }
     }
 }

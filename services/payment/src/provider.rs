@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::domain::{BreakerConfig, BreakerState, CircuitBreaker, Money};
+use shopmesh_platform::money::Money;
+
+use crate::domain::{BreakerConfig, BreakerState, CircuitBreaker};
 
 pub const PRIMARY: &str = "primary";
 pub const SECONDARY: &str = "secondary";
@@ -219,10 +221,12 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
+    use shopmesh_platform::money::Currency;
+
     use super::*;
 
     fn usd(minor: i64) -> Money {
-        Money::parse("amount", "USD", minor).unwrap()
+        Money::new(Currency::parse("USD").unwrap(), minor)
     }
 
     #[tokio::test]

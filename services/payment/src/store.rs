@@ -2,13 +2,14 @@
 //! in the same transaction, so a payment and its announcement commit together.
 
 use chrono::{DateTime, Utc};
+use shopmesh_platform::money::Money;
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money as PbMoney;
 use shopmesh_platform::pb::events::v1::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Cursor, Money, PaymentStatus};
+use crate::domain::{self, PaymentStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentRow {
@@ -170,12 +171,15 @@ pub async fn record_refund(conn: &mut PgConnection, outbox: &Outbox, payment: &P
 
 /// The amount of a stored payment, for a provider refund.
 pub fn amount(payment: &PaymentRow) -> Option<Money> {
-    Money::parse("amount", &payment.currency_code, payment.amount_minor).ok()
+    domain::chargeable(&payment.amount()).ok()
 }
 
 pub async fn get_payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
     sqlx::query_as(concat!("SELECT ", columns!(), " FROM payments WHERE id = $1")).bind(id).fetch_optional(pool).await
 }
+
+/// Keyset position in a listing: `(created_at, id)` of the last row returned.
+pub type ListCursor = (DateTime<Utc>, Uuid);
 
 /// One page of `user_id`'s payments, newest first, after `cursor`. Fetches
 /// one extra row so the caller knows whether another page exists.
@@ -183,8 +187,8 @@ pub async fn list_payments(
     pool: &PgPool,
     user_id: Uuid,
     order_id: Option<Uuid>,
-    cursor: Option<Cursor>,
-    limit: i64,
+    cursor: Option<ListCursor>,
+    limit: u32,
 ) -> Result<Vec<PaymentRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
@@ -198,9 +202,9 @@ pub async fn list_payments(
     ))
     .bind(user_id)
     .bind(order_id)
-    .bind(cursor.map(|c| c.created_at))
-    .bind(cursor.map(|c| c.id))
-    .bind(limit + 1)
+    .bind(cursor.map(|(created_at, _)| created_at))
+    .bind(cursor.map(|(_, id)| id))
+    .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await
 }

@@ -241,6 +241,21 @@ async fn api_shows_only_the_callers_payments_paginated() {
     let expected: Vec<String> = alice_orders.iter().rev().map(Uuid::to_string).collect();
     assert_eq!(seen, expected);
 
+    // A page token only continues the listing it came from: not one filtered by order.
+    let first = pb::ListPaymentsRequest {
+        order_id: String::new(),
+        page: Some(PageRequest { page_size: 2, page_token: String::new() }),
+    };
+    let resp = h.api.list_payments(as_user(alice, &["customer"], first)).await.unwrap().into_inner();
+    let token = resp.page.unwrap().next_page_token;
+    let filtered = pb::ListPaymentsRequest {
+        order_id: alice_orders[0].to_string(),
+        page: Some(PageRequest { page_size: 2, page_token: token }),
+    };
+    let err = h.api.list_payments(as_user(alice, &["customer"], filtered)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("page.page_token"), "{}", err.message());
+
     // Filter by order.
     let req = pb::ListPaymentsRequest { order_id: alice_orders[2].to_string(), page: None };
     let resp = h.api.list_payments(as_user(alice, &["customer"], req)).await.unwrap().into_inner();
