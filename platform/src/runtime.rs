@@ -238,7 +238,10 @@ impl ServiceRuntime {
         let health_task = tokio::spawn(track_health(reporter, grpc_services, readiness, health_stop));
 
         let grpc_stop = self.shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc_listener);
+        // Small unary responses must not wait for Nagle + delayed ACK (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc_listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let grpc = tonic::transport::Server::builder()
             .trace_fn(crate::grpc::server_span)
             .layer(crate::metrics::GrpcMetricsLayer)
