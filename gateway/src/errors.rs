@@ -70,6 +70,9 @@ impl ApiError {
     pub fn payload_too_large(limit: usize) -> Self {
         let mut e = Self::new(Code::ResourceExhausted, format!("request body exceeds {limit} bytes"));
         e.http_status = Some(StatusCode::PAYLOAD_TOO_LARGE);
+        // The rest of the body is never read, so the connection can't carry
+        // another request: say so, or a client may reuse it and lose the next one.
+        e.headers.push((header::CONNECTION, HeaderValue::from_static("close")));
         e
     }
 
@@ -187,6 +190,7 @@ mod tests {
         assert_eq!(e.headers[0].1, "GET, POST");
         let e = ApiError::payload_too_large(10);
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.headers.iter().any(|(n, v)| n == header::CONNECTION && v == "close"));
         assert_eq!(e.body()["code"], 8);
         assert_eq!(ApiError::not_found().body()["code"], 5);
         assert_eq!(ApiError::bad_request("x").status(), StatusCode::BAD_REQUEST);
