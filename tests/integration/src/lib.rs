@@ -188,6 +188,62 @@ impl Drop for TestEnv {
     }
 }
 
+/// Publishes `bytes` (an encoded envelope) on logical `topic` under `key`,
+/// as a service's outbox relay would.
+pub async fn publish_raw(kafka: &Kafka, topic: &str, key: &str, bytes: &[u8]) {
+    let topic = kafka.config.topic(topic);
+    let record = rdkafka::producer::FutureRecord::to(&topic).key(key).payload(bytes);
+    kafka.producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("broker accepts the event");
+}
+
+/// Wraps `event` in a new envelope from `source` and publishes it on its
+/// topic, keyed by its aggregate; returns the envelope bytes.
+pub async fn publish_event<E: shopmesh_platform::events::DomainEvent>(
+    kafka: &Kafka,
+    source: &str,
+    event: &E,
+) -> Vec<u8> {
+    let bytes = prost::Message::encode_to_vec(&shopmesh_platform::events::envelope(source, event));
+    publish_raw(kafka, E::TOPIC, event.aggregate_id(), &bytes).await;
+    bytes
+}
+
+/// Payloads arriving on `consumer` until it has been quiet for `quiet`
+/// (waiting up to `first_wait` for the first one).
+pub async fn drain(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    first_wait: Duration,
+    quiet: Duration,
+) -> Vec<Vec<u8>> {
+    use rdkafka::Message as _;
+    let mut out = Vec::new();
+    let mut wait = first_wait;
+    while let Ok(Ok(msg)) = tokio::time::timeout(wait, consumer.recv()).await {
+        out.push(msg.payload().unwrap_or_default().to_vec());
+        wait = quiet;
+    }
+    out
+}
+
+impl TestEnv {
+    /// A consumer of its own group reading `topic` (a full, prefixed name)
+    /// from the beginning: watches what services publish.
+    pub fn observer(&self, topic: &str) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", format!("t{}.observer", self.id))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "3000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .expect("observer consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        consumer
+    }
+}
+
 /// Consumer groups of the saga and the logical topics each one reads.
 pub const SAGA_CONSUMERS: &[(&str, &[&str])] = &[
     ("inventory", &["order-events", "payment-events"]),

@@ -10,8 +10,7 @@ use shopmesh_cart::pb::cart_service_client::CartServiceClient;
 use shopmesh_catalog::pb as catalog_pb;
 use shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient;
 use shopmesh_integration_tests::tokens::{TestIssuer, authed};
-use shopmesh_integration_tests::{TestEnv, eventually, redis_url};
-use shopmesh_platform::kafka::topics;
+use shopmesh_integration_tests::{TestEnv, eventually, publish_event, redis_url};
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1::OrderConfirmed;
@@ -177,13 +176,8 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
     assert_eq!(redis.exists::<i64, _>(&key).await.unwrap(), 1, "repopulated from Postgres");
 
     // The buyer's order is confirmed: their cart empties.
-    let kafka = s.env.kafka();
     let confirmed = OrderConfirmed { order_id: uuid::Uuid::now_v7().to_string(), user_id: user.clone(), total: usd(1) };
-    let envelope = shopmesh_platform::events::envelope("order", &confirmed);
-    let topic = kafka.config.topic(topics::ORDER);
-    let payload = prost::Message::encode_to_vec(&envelope);
-    let record = rdkafka::producer::FutureRecord::to(&topic).key(&confirmed.order_id).payload(&payload);
-    kafka.producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    publish_event(&s.env.kafka(), "order", &confirmed).await;
     eventually("cart cleared by OrderConfirmed", Duration::from_secs(30), || {
         let s = &s;
         let token = token.clone();

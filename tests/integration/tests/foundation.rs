@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use shopmesh_integration_tests::{TestEnv, eventually};
+use rdkafka::consumer::Consumer;
+use shopmesh_integration_tests::{TestEnv, drain, eventually};
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
 use shopmesh_platform::events::ReceivedEvent;
@@ -128,31 +127,6 @@ impl EventHandler for CountingHandler {
     }
 }
 
-fn raw_consumer(env: &TestEnv, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", shopmesh_integration_tests::kafka_brokers())
-        .set("group.id", format!("t{}.observer", env.id))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "3000")
-        .set("heartbeat.interval.ms", "1000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    consumer
-}
-
-/// Reads everything that arrives on the consumer within `quiet` of the last message.
-async fn drain(consumer: &StreamConsumer, first_wait: Duration, quiet: Duration) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut wait = first_wait;
-    while let Ok(Ok(msg)) = tokio::time::timeout(wait, consumer.recv()).await {
-        out.push(msg.payload().unwrap_or_default().to_vec());
-        wait = quiet;
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() {
     let env = TestEnv::new();
@@ -177,7 +151,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     outbox.enqueue(&mut rolled_back, &UserRegistered { user_id: "ghost".into(), ..Default::default() }).await.unwrap();
     rolled_back.rollback().await.unwrap();
 
-    let observer = raw_consumer(&env, &topic);
+    let observer = env.observer(&topic);
     let relay_stop = env.shutdown.child();
     let relay = tokio::spawn(
         OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(relay_stop.clone()),

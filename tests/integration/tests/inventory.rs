@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use prost::Message;
-use rdkafka::producer::FutureRecord;
-use shopmesh_integration_tests::{TestEnv, eventually};
+use shopmesh_integration_tests::{TestEnv, eventually, publish_event};
 use shopmesh_inventory::domain::Reservation;
 use shopmesh_inventory::domain::{
     CommitStep, Count, OrderId, ProductId, ReleaseMode, ReleaseStep, ReservationLines, ReservationStatus, StockLevel,
@@ -341,14 +340,6 @@ async fn grpc_get_stock_is_public_and_admin_rpcs_need_a_token() {
     assert_eq!(level(&store, p).await.on_hand, 12);
 }
 
-async fn publish<E: DomainEvent>(env: &TestEnv, source: &str, event: &E) {
-    let kafka = env.kafka();
-    let topic = kafka.config.topic(E::TOPIC);
-    let envelope = shopmesh_platform::events::envelope(source, event).encode_to_vec();
-    let record = FutureRecord::to(&topic).key(event.aggregate_id()).payload(&envelope);
-    kafka.producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-}
-
 async fn wait_status(store: &Store, o: OrderId, status: ReservationStatus) {
     eventually(&format!("order {o} {}", status.as_str()), Duration::from_secs(30), || async move {
         let r = store.get_reservation(o).await.ok()??;
@@ -381,7 +372,7 @@ async fn saga_events_reserve_commit_release_and_restock() {
         total: Some(Money { currency_code: "USD".into(), amount_minor: 3998 }),
         payment_token: "tok_visa".into(),
     };
-    publish(&env, "order", &created).await;
+    publish_event(&env.kafka(), "order", &created).await;
     wait_status(&store, o, ReservationStatus::Reserved).await;
     let reserved = outboxed::<ev::StockReserved>(&pool).await;
     assert_eq!(reserved.len(), 1);
@@ -397,7 +388,7 @@ async fn saga_events_reserve_commit_release_and_restock() {
     );
 
     // OrderConfirmed → committed; a customer cancellation afterwards restocks.
-    publish(&env, "order", &ev::OrderConfirmed { order_id: o.to_string(), ..Default::default() }).await;
+    publish_event(&env.kafka(), "order", &ev::OrderConfirmed { order_id: o.to_string(), ..Default::default() }).await;
     wait_status(&store, o, ReservationStatus::Committed).await;
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 8, reserved: 0, low_stock_threshold: 5 });
     let cancel = ev::OrderCancelled {
@@ -406,7 +397,7 @@ async fn saga_events_reserve_commit_release_and_restock() {
         was_paid: true,
         ..Default::default()
     };
-    publish(&env, "order", &cancel).await;
+    publish_event(&env.kafka(), "order", &cancel).await;
     wait_status(&store, o, ReservationStatus::Released).await;
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 10, reserved: 0, low_stock_threshold: 5 });
 
@@ -414,7 +405,7 @@ async fn saga_events_reserve_commit_release_and_restock() {
     let short = order();
     let created_short =
         ev::OrderCreated { order_id: short.to_string(), lines: vec![line(p, 1), line(q, 2)], ..Default::default() };
-    publish(&env, "order", &created_short).await;
+    publish_event(&env.kafka(), "order", &created_short).await;
     wait_status(&store, short, ReservationStatus::Rejected).await;
     let failed = outboxed::<ev::StockReservationFailed>(&pool).await;
     assert_eq!(failed.len(), 1);
@@ -422,24 +413,30 @@ async fn saga_events_reserve_commit_release_and_restock() {
 
     // PaymentDeclined → released.
     let declined = order();
-    publish(
-        &env,
+    publish_event(
+        &env.kafka(),
         "order",
         &ev::OrderCreated { order_id: declined.to_string(), lines: vec![line(p, 3)], ..Default::default() },
     )
     .await;
     wait_status(&store, declined, ReservationStatus::Reserved).await;
     assert_eq!(level(&store, p).await.reserved, 3);
-    publish(&env, "payment", &ev::PaymentDeclined { order_id: declined.to_string(), ..Default::default() }).await;
+    publish_event(
+        &env.kafka(),
+        "payment",
+        &ev::PaymentDeclined { order_id: declined.to_string(), ..Default::default() },
+    )
+    .await;
     wait_status(&store, declined, ReservationStatus::Released).await;
     assert_eq!(level(&store, p).await.reserved, 0);
 
     // Cancelled before created (same partition, so in this order): the
     // tombstone makes the OrderCreated reserve nothing.
     let early = order();
-    publish(&env, "order", &ev::OrderCancelled { order_id: early.to_string(), ..Default::default() }).await;
+    publish_event(&env.kafka(), "order", &ev::OrderCancelled { order_id: early.to_string(), ..Default::default() })
+        .await;
     let created_early = ev::OrderCreated { order_id: early.to_string(), lines: vec![line(p, 1)], ..Default::default() };
-    publish(&env, "order", &created_early).await;
+    publish_event(&env.kafka(), "order", &created_early).await;
     let inbox_has_all = || {
         let pool = pool.clone();
         async move {

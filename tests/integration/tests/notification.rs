@@ -4,30 +4,12 @@
 
 use std::time::Duration;
 
-use prost::Message;
-use rdkafka::producer::FutureRecord;
-use shopmesh_integration_tests::{TestEnv, eventually};
+use shopmesh_integration_tests::{TestEnv, eventually, publish_event, publish_raw};
 use shopmesh_platform::events::DomainEvent;
-use shopmesh_platform::kafka::Kafka;
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1 as ev;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-async fn publish_raw(kafka: &Kafka, topic: &str, key: &str, bytes: &[u8]) {
-    let topic = kafka.config.topic(topic);
-    kafka
-        .producer()
-        .send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(10))
-        .await
-        .expect("broker accepts the event");
-}
-
-async fn publish<E: DomainEvent>(kafka: &Kafka, event: &E) -> Vec<u8> {
-    let bytes = shopmesh_platform::events::envelope("test", event).encode_to_vec();
-    publish_raw(kafka, E::TOPIC, event.aggregate_id(), &bytes).await;
-    bytes
-}
 
 /// (title, body) of `user`'s notifications, oldest first, once there are `n`.
 async fn notifications(pool: &PgPool, user: Uuid, n: usize) -> Vec<(String, String)> {
@@ -57,7 +39,7 @@ async fn order_outcomes_notify_the_customer_once_each() {
     let order = Uuid::now_v7().to_string();
 
     let confirmed = ev::OrderConfirmed { order_id: order.clone(), user_id: user.to_string(), total: usd(1999) };
-    let bytes = publish(&kafka, &confirmed).await;
+    let bytes = publish_event(&kafka, "test", &confirmed).await;
     publish_raw(&kafka, ev::OrderConfirmed::TOPIC, &order, &bytes).await;
     let cancelled = ev::OrderCancelled {
         order_id: order.clone(),
@@ -65,7 +47,7 @@ async fn order_outcomes_notify_the_customer_once_each() {
         reason: ev::CancelReason::OutOfStock as i32,
         was_paid: false,
     };
-    publish(&kafka, &cancelled).await;
+    publish_event(&kafka, "test", &cancelled).await;
 
     let rows = notifications(&pool, user, 2).await;
     // Give a duplicate time to show up if it were going to.
@@ -88,8 +70,9 @@ async fn refund_by_payment_reaches_the_customer() {
     let kafka = env.kafka();
     let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
 
-    publish(
+    publish_event(
         &kafka,
+        "test",
         &ev::StockReserved {
             order_id: order.to_string(),
             user_id: user.to_string(),
@@ -109,8 +92,9 @@ async fn refund_by_payment_reaches_the_customer() {
         (status.as_deref() == Some("CAPTURED")).then_some(())
     })
     .await;
-    publish(
+    publish_event(
         &kafka,
+        "test",
         &ev::OrderCancelled {
             order_id: order.to_string(),
             user_id: user.to_string(),

@@ -6,33 +6,14 @@
 use std::time::Duration;
 
 use prost::Message;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
-use shopmesh_integration_tests::{TestEnv, eventually};
+use rdkafka::consumer::Consumer;
+use shopmesh_integration_tests::{TestEnv, drain, eventually, publish_event, publish_raw};
 use shopmesh_platform::events::DomainEvent;
-use shopmesh_platform::kafka::{Kafka, topics};
+use shopmesh_platform::kafka::topics;
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1 as ev;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Publishes `bytes` (an encoded envelope) as the producing service would.
-async fn publish_raw(kafka: &Kafka, topic: &str, key: &str, bytes: &[u8]) {
-    let topic = kafka.config.topic(topic);
-    kafka
-        .producer()
-        .send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(10))
-        .await
-        .expect("broker accepts the event");
-}
-
-/// Wraps `event` in a new envelope and publishes it; returns the envelope bytes.
-async fn publish<E: DomainEvent>(kafka: &Kafka, event: &E) -> Vec<u8> {
-    let bytes = shopmesh_platform::events::envelope("test", event).encode_to_vec();
-    publish_raw(kafka, E::TOPIC, event.aggregate_id(), &bytes).await;
-    bytes
-}
 
 fn reserved(order: Uuid, user: Uuid, token: &str) -> ev::StockReserved {
     ev::StockReserved {
@@ -53,29 +34,8 @@ fn cancelled(order: Uuid, user: Uuid, reason: ev::CancelReason) -> ev::OrderCanc
     }
 }
 
-fn observer(env: &TestEnv, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", shopmesh_integration_tests::kafka_brokers())
-        .set("group.id", format!("t{}.observer", env.id))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "3000")
-        .set("heartbeat.interval.ms", "1000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    consumer
-}
-
-/// Every envelope on the observed topic until it has been quiet for `quiet`.
-async fn drain(consumer: &StreamConsumer, first_wait: Duration, quiet: Duration) -> Vec<ev::EventEnvelope> {
-    let mut out = Vec::new();
-    let mut wait = first_wait;
-    while let Ok(Ok(msg)) = tokio::time::timeout(wait, consumer.recv()).await {
-        out.push(ev::EventEnvelope::decode(msg.payload().unwrap_or_default()).unwrap());
-        wait = quiet;
-    }
-    out
+fn envelopes(payloads: Vec<Vec<u8>>) -> Vec<ev::EventEnvelope> {
+    payloads.iter().map(|p| ev::EventEnvelope::decode(p.as_slice()).unwrap()).collect()
 }
 
 fn of_type<E: DomainEvent>(envelopes: &[ev::EventEnvelope]) -> Vec<E> {
@@ -99,26 +59,26 @@ async fn reservation_is_charged_once_declines_are_announced_and_cancellation_ref
     let _svc = env.launch(&shopmesh_payment::SERVICE).await;
     let pool = shopmesh_platform::db::connect(&env.database_url("payment").await, 2).await.unwrap();
     let kafka = env.kafka();
-    let payments = observer(&env, &kafka.config.topic(topics::PAYMENT));
+    let payments = env.observer(&kafka.config.topic(topics::PAYMENT));
     let user = Uuid::now_v7();
 
     // The same envelope twice (a redelivery) and a second reservation event: one charge.
     let paid = Uuid::now_v7();
-    let bytes = publish(&kafka, &reserved(paid, user, "tok_visa")).await;
+    let bytes = publish_event(&kafka, "test", &reserved(paid, user, "tok_visa")).await;
     publish_raw(&kafka, topics::INVENTORY, &paid.to_string(), &bytes).await;
-    publish(&kafka, &reserved(paid, user, "tok_visa")).await;
+    publish_event(&kafka, "test", &reserved(paid, user, "tok_visa")).await;
 
     let declined = Uuid::now_v7();
-    publish(&kafka, &reserved(declined, user, "tok_chargeDeclined")).await;
+    publish_event(&kafka, "test", &reserved(declined, user, "tok_chargeDeclined")).await;
 
     wait_for_status(&pool, paid, "CAPTURED").await;
     wait_for_status(&pool, declined, "DECLINED").await;
 
     // Customer cancels the confirmed order: payment refunds from its own record.
-    publish(&kafka, &cancelled(paid, user, ev::CancelReason::CustomerRequest)).await;
+    publish_event(&kafka, "test", &cancelled(paid, user, ev::CancelReason::CustomerRequest)).await;
     wait_for_status(&pool, paid, "REFUNDED").await;
 
-    let seen = drain(&payments, Duration::from_secs(20), Duration::from_secs(3)).await;
+    let seen = envelopes(drain(&payments, Duration::from_secs(20), Duration::from_secs(3)).await);
     let captured = of_type::<ev::PaymentCaptured>(&seen);
     assert_eq!(captured.len(), 1, "charged exactly once: {captured:?}");
     assert_eq!(captured[0].order_id, paid.to_string());
@@ -148,11 +108,11 @@ async fn cancellation_overtaking_its_reservation_prevents_the_charge() {
     let _svc = env.launch(&shopmesh_payment::SERVICE).await;
     let pool = shopmesh_platform::db::connect(&env.database_url("payment").await, 2).await.unwrap();
     let kafka = env.kafka();
-    let payments = observer(&env, &kafka.config.topic(topics::PAYMENT));
+    let payments = env.observer(&kafka.config.topic(topics::PAYMENT));
     let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
 
     // The order timed out before inventory's reservation reached payment.
-    publish(&kafka, &cancelled(order, user, ev::CancelReason::Timeout)).await;
+    publish_event(&kafka, "test", &cancelled(order, user, ev::CancelReason::Timeout)).await;
     eventually("cancellation recorded", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM cancelled_orders WHERE order_id = $1")
             .bind(order)
@@ -162,10 +122,10 @@ async fn cancellation_overtaking_its_reservation_prevents_the_charge() {
         (n == 1).then_some(())
     })
     .await;
-    publish(&kafka, &reserved(order, user, "tok_visa")).await;
+    publish_event(&kafka, "test", &reserved(order, user, "tok_visa")).await;
     wait_for_status(&pool, order, "DECLINED").await;
 
-    let seen = drain(&payments, Duration::from_secs(20), Duration::from_secs(3)).await;
+    let seen = envelopes(drain(&payments, Duration::from_secs(20), Duration::from_secs(3)).await);
     assert!(of_type::<ev::PaymentCaptured>(&seen).is_empty(), "a cancelled order is never charged");
     let declines = of_type::<ev::PaymentDeclined>(&seen);
     assert_eq!(declines.len(), 1, "{declines:?}");
