@@ -205,6 +205,12 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// Upper bound of the outbox relay's retry backoff.
     pub outbox_max_backoff: Duration,
+    /// Most messages a consumer applies in one database transaction.
+    pub consumer_batch: usize,
+    /// Longest a fetch waits at the broker for new data. Kafka answers as
+    /// soon as data arrives; a broker that holds fetches to this bound (Tansu)
+    /// adds up to it to every hop of the saga.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaConfig {
@@ -263,6 +269,8 @@ impl ServiceConfig {
                 max_attempts: s.parse_or("KAFKA_MAX_ATTEMPTS", 5)?,
                 message_timeout: s.millis_or("KAFKA_MESSAGE_TIMEOUT_MS", Duration::from_secs(30))?,
                 outbox_max_backoff: s.millis_or("OUTBOX_MAX_BACKOFF_MS", Duration::from_secs(30))?,
+                consumer_batch: s.parse_or("KAFKA_CONSUMER_BATCH", 128usize)?.max(1),
+                fetch_wait: s.millis_or("KAFKA_FETCH_WAIT_MS", Duration::from_millis(500))?,
             })
         } else {
             None

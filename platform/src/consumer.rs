@@ -1,10 +1,12 @@
 //! The consumer loop every service uses: receive → decode envelope → inbox
-//! check and handler effect in ONE transaction → commit the offset. A message
-//! that keeps failing goes to `<topic>.dlq` with the error recorded.
+//! check and handler effect in ONE transaction → commit the offset. Messages
+//! that arrived together share that transaction (one commit for the batch);
+//! a message that keeps failing goes to `<topic>.dlq` with the error recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -80,28 +82,44 @@ impl EventConsumer {
                 }
             }
         };
+        let max_batch = kafka.config.consumer_batch.max(1);
         loop {
-            let msg = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.wait() => break,
                 msg = consumer.recv() => msg,
             };
-            let msg = match msg {
-                Ok(m) => m,
+            let mut batch = match first {
+                Ok(m) => vec![m.detach()],
                 Err(e) => {
                     tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
-            let owned = msg.detach();
-            match self.process(&pool, &kafka, &owned, &shutdown).await {
-                Outcome::Interrupted => break,
-                _ => {
-                    if let Err(e) = consumer.store_offset_from_message(&msg) {
-                        tracing::warn!(error = %e, "storing offset failed");
+            // Whatever already arrived joins the same transaction: under load
+            // one commit covers many events; idle, a lone event goes at once.
+            while batch.len() < max_batch {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    Some(Err(e)) => {
+                        tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
+                        break;
                     }
-                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    None => break,
                 }
+            }
+            let done = self.process_batch(&pool, &kafka, &batch, &shutdown).await;
+            for msg in &batch[..done] {
+                // Stores offset + 1, like store_offset_from_message.
+                if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
+                    tracing::warn!(error = %e, "storing offset failed");
+                }
+            }
+            if done > 0 {
+                let _ = consumer.commit_consumer_state(CommitMode::Async);
+            }
+            if done < batch.len() {
+                break; // shutdown interrupted a retry: the rest is redelivered
             }
         }
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -110,15 +128,65 @@ impl EventConsumer {
         crate::kafka::close_consumer(consumer).await;
     }
 
-    async fn process(&self, pool: &PgPool, kafka: &Kafka, msg: &OwnedMessage, shutdown: &Shutdown) -> Outcome {
-        let payload = msg.payload().unwrap_or_default();
-        let event = match ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()) {
-            Ok(e) => e,
-            Err(e) => return self.dead_letter(kafka, msg, &e.to_string(), 1, shutdown).await,
-        };
-        if !self.handler.wants(event.event_type()) {
-            return Outcome::Skipped;
+    /// Applies `batch` in order; returns how many leading messages are done
+    /// (all of them unless shutdown interrupted). The fast path applies the
+    /// whole batch in one transaction; if anything in it fails, that is rolled
+    /// back and every message goes through the one-by-one path, which owns
+    /// retries and dead-lettering.
+    async fn process_batch(&self, pool: &PgPool, kafka: &Kafka, batch: &[OwnedMessage], shutdown: &Shutdown) -> usize {
+        if batch.len() > 1 {
+            match self.apply_together(pool, batch).await {
+                Ok(()) => return batch.len(),
+                Err(e) => tracing::debug!(
+                    consumer = %self.name, size = batch.len(), error = %e,
+                    "batch rolled back; applying its messages one by one"
+                ),
+            }
         }
+        for (done, msg) in batch.iter().enumerate() {
+            if let Outcome::Interrupted = self.process(pool, kafka, msg, shutdown).await {
+                return done;
+            }
+        }
+        batch.len()
+    }
+
+    /// Every message of `batch`: inbox row and effect, one transaction.
+    async fn apply_together(&self, pool: &PgPool, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut tx = pool.begin().await?;
+        for msg in batch {
+            let event = ReceivedEvent::decode_envelope(
+                msg.payload().unwrap_or_default(),
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+            )?;
+            if !self.handler.wants(event.event_type()) {
+                outcomes.push((event, Outcome::Skipped, Duration::ZERO));
+                continue;
+            }
+            let started = Instant::now();
+            let applied = async {
+                if !crate::inbox::record(&mut tx, &self.name, &event).await? {
+                    return Ok::<_, HandlerError>(false);
+                }
+                self.handler.handle(&mut tx, &event).await?;
+                Ok(true)
+            }
+            .instrument(self.consume_span(msg, &event))
+            .await?;
+            let outcome = if applied { Outcome::Applied } else { Outcome::Duplicate };
+            outcomes.push((event, outcome, started.elapsed()));
+        }
+        tx.commit().await?;
+        for (event, outcome, elapsed) in &outcomes {
+            self.count(event, outcome, *elapsed);
+        }
+        Ok(())
+    }
+
+    fn consume_span(&self, msg: &OwnedMessage, event: &ReceivedEvent) -> tracing::Span {
         let span = tracing::info_span!(
             "kafka.consume",
             otel.name = %format!("{} process", event.event_type()),
@@ -137,8 +205,10 @@ impl EventConsumer {
             trace = event.trace_headers();
         }
         crate::telemetry::adopt_remote_parent(&span, &crate::telemetry::MapCarrier(&trace));
-        let started = Instant::now();
-        let outcome = self.process_with_retries(pool, kafka, msg, &event, shutdown).instrument(span).await;
+        span
+    }
+
+    fn count(&self, event: &ReceivedEvent, outcome: &Outcome, elapsed: Duration) {
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
@@ -147,8 +217,27 @@ impl EventConsumer {
             Outcome::Interrupted => "interrupted",
         };
         metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "type" => event.event_type().to_owned(), "outcome" => label).increment(1);
-        metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
+        if !matches!(outcome, Outcome::Skipped) {
+            metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone())
+                .record(elapsed.as_secs_f64());
+        }
+    }
+
+    /// One message on its own: retries, then dead-letters.
+    async fn process(&self, pool: &PgPool, kafka: &Kafka, msg: &OwnedMessage, shutdown: &Shutdown) -> Outcome {
+        let payload = msg.payload().unwrap_or_default();
+        let event = match ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()) {
+            Ok(e) => e,
+            Err(e) => return self.dead_letter(kafka, msg, &e.to_string(), 1, shutdown).await,
+        };
+        if !self.handler.wants(event.event_type()) {
+            self.count(&event, &Outcome::Skipped, Duration::ZERO);
+            return Outcome::Skipped;
+        }
+        let span = self.consume_span(msg, &event);
+        let started = Instant::now();
+        let outcome = self.process_with_retries(pool, kafka, msg, &event, shutdown).instrument(span).await;
+        self.count(&event, &outcome, started.elapsed());
         outcome
     }
 

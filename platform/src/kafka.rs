@@ -172,6 +172,7 @@ impl Kafka {
             .set("heartbeat.interval.ms", self.config.heartbeat_interval.as_millis().to_string())
             .set("max.poll.interval.ms", self.config.max_poll_interval.as_millis().to_string())
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", self.config.fetch_wait.as_millis().to_string())
             .set("statistics.interval.ms", "10000")
             .create_with_context(GroupLogging { group: group_id })?;
         let names: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();
