@@ -165,7 +165,13 @@ pub struct TokenVerifier {
     redis: Option<Client>,
     redis_prefix: String,
     cache: RwLock<KeyCache>,
+    verified: std::sync::Mutex<HashMap<String, Claims>>,
 }
+
+/// One request crosses several services with the same token, and the
+/// signature check is the costliest step of each: a token that verified is
+/// remembered until it expires (bounded; the denylist is still asked every time).
+const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Unknown `kid`s trigger a refetch at most this often (forged kids can't
 /// make us hammer the auth service).
@@ -191,6 +197,7 @@ impl TokenVerifier {
             redis,
             redis_prefix: redis_prefix.to_owned(),
             cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,18 +213,14 @@ impl TokenVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        // decode_header rejects alg "none" and unknown algorithms outright.
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)));
-        }
-        let kid = header.kid.ok_or_else(|| AuthError::Invalid("missing kid".into()))?;
-        let key = self.key(&kid).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
-        let claims = data.claims;
+        let claims = match self.remembered(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signed(token).await?;
+                self.remember(token, &claims);
+                claims
+            }
+        };
         if let Some(redis) = &self.redis {
             let revoked: bool = redis
                 .exists::<u32, _>(denylist_key(&self.redis_prefix, &claims.jti))
@@ -229,6 +232,48 @@ impl TokenVerifier {
             }
         }
         Ok(Principal { user_id: claims.sub.clone(), roles: claims.roles.clone(), claims })
+    }
+
+    /// Signature, algorithm, issuer, audience and expiry.
+    async fn verify_signed(&self, token: &str) -> Result<Claims, AuthError> {
+        // decode_header rejects alg "none" and unknown algorithms outright.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("missing kid".into()))?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        Ok(data.claims)
+    }
+
+    /// Claims of a token verified before and not yet expired.
+    fn remembered(&self, token: &str) -> Option<Claims> {
+        let now = chrono::Utc::now().timestamp();
+        let mut verified = self.verified.lock().expect("verified-token cache");
+        match verified.get(token) {
+            Some(claims) if claims.exp > now => Some(claims.clone()),
+            Some(_) => {
+                verified.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let now = chrono::Utc::now().timestamp();
+        let mut verified = self.verified.lock().expect("verified-token cache");
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.retain(|_, c| c.exp > now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), claims.clone());
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
