@@ -22,9 +22,11 @@ use crate::events::{self, DomainEvent};
 use crate::kafka::Kafka;
 use crate::shutdown::Shutdown;
 
+/// Also named in the notify trigger of platform migration 0003.
 const NOTIFY_CHANNEL: &str = "shopmesh_outbox";
 /// Advisory lock key shared by every relay of one service database.
 const RELAY_LOCK_KEY: i64 = 0x5_0b0c_0de1;
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Writes events into the outbox of the service named `source`.
 #[derive(Clone, Debug)]
@@ -62,8 +64,7 @@ impl Outbox {
         .bind(serde_json::Value::Object(trace))
         .execute(&mut *conn)
         .await?;
-        // Delivered at commit; wakes the relay without waiting for its poll.
-        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *conn).await?;
+        // The insert trigger (platform migration 0003) notifies the relay at commit.
         Ok(id)
     }
 }
@@ -136,6 +137,8 @@ impl OutboxRelay {
                 }
             };
             let mut last_cleanup = tokio::time::Instant::now();
+            let mut last_lag_report: Option<tokio::time::Instant> = None;
+            let mut last_lock_check = tokio::time::Instant::now();
             loop {
                 if shutdown.is_triggered() {
                     break 'leadership;
@@ -157,15 +160,23 @@ impl OutboxRelay {
                         continue;
                     }
                 }
-                self.record_lag().await;
+                // A full scan of the unsent rows: at most every few seconds,
+                // not after every batch of a busy relay.
+                if last_lag_report.is_none_or(|t| t.elapsed() > LAG_REPORT_INTERVAL) {
+                    self.record_lag().await;
+                    last_lag_report = Some(tokio::time::Instant::now());
+                }
                 if last_cleanup.elapsed() > Duration::from_secs(600) {
                     self.cleanup().await;
                     last_cleanup = tokio::time::Instant::now();
                 }
                 // Losing the lock connection means losing leadership.
-                if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                    tracing::warn!("outbox relay lost its lock connection; re-electing");
-                    continue 'leadership;
+                if last_lock_check.elapsed() > Duration::from_secs(1) {
+                    if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
+                        tracing::warn!("outbox relay lost its lock connection; re-electing");
+                        continue 'leadership;
+                    }
+                    last_lock_check = tokio::time::Instant::now();
                 }
                 let wait_notify = async {
                     match listener.as_mut() {
