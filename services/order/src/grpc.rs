@@ -300,7 +300,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             shipping_address: &shipping,
             coupon_code: &checkout.coupon_code,
         };
-        store::insert_order(&mut tx, &new).await.map_err(db_error)?;
+        let order = store::insert_order(&mut tx, &new).await.map_err(db_error)?;
         let created = ev::OrderCreated {
             order_id: id.to_string(),
             user_id: caller.user_id.clone(),
@@ -319,7 +319,6 @@ impl pb::order_service_server::OrderService for OrderApi {
         tx.commit().await.map_err(db_error)?;
         metrics::counter!("orders_created_total").increment(1);
         tracing::info!(order_id = %id, user_id = %caller.user_id, total = %total, "order placed");
-        let order = self.load_visible(id, &caller).await?;
         Ok(Response::new(pb::CreateOrderResponse { order: Some(order_proto(order)) }))
     }
 

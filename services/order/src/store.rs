@@ -155,7 +155,10 @@ pub async fn delete_expired_idempotency_keys(pool: &PgPool) -> Result<u64, sqlx:
 }
 
 /// Inserts a PENDING order with its lines and first history entry.
-pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<DateTime<Utc>, sqlx::Error> {
+/// Writes a new PENDING order with its lines and first history entry, and
+/// returns it as stored (so the caller need not read it back).
+pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<OrderRecord, sqlx::Error> {
+    const PLACED: &str = "order placed";
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code, created_at, updated_at)
          VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, now(), now()) RETURNING created_at",
@@ -168,24 +171,43 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
     .bind(order.coupon_code)
     .fetch_one(&mut *conn)
     .await?;
-    for (i, line) in order.lines.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(order.id)
-        .bind(i as i32 + 1)
-        .bind(&line.product_id)
-        .bind(&line.sku)
-        .bind(&line.name)
-        .bind(line.unit_price.currency.as_str())
-        .bind(line.unit_price.amount_minor)
-        .bind(line.quantity)
-        .execute(&mut *conn)
-        .await?;
-    }
-    append_history(conn, order.id, OrderStatus::Pending, None, "order placed").await?;
-    Ok(created_at)
+    let lines = order.lines;
+    sqlx::query(
+        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
+         SELECT $1, l.* FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[])
+             AS l(line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)",
+    )
+    .bind(order.id)
+    .bind((1..=lines.len() as i32).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.product_id.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.sku.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.name.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.unit_price.currency.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    append_history(conn, order.id, OrderStatus::Pending, None, PLACED).await?;
+    // now() is the transaction's start, so the history row carries created_at too.
+    Ok(OrderRecord {
+        id: order.id,
+        user_id: order.user_id.to_owned(),
+        status: OrderStatus::Pending,
+        cancel_reason: None,
+        total: order.total,
+        shipping_address: order.shipping_address.clone(),
+        coupon_code: order.coupon_code.to_owned(),
+        paid: false,
+        created_at,
+        updated_at: created_at,
+        lines: lines.to_vec(),
+        history: vec![HistoryEntry {
+            status: OrderStatus::Pending,
+            reason: None,
+            note: PLACED.to_owned(),
+            changed_at: created_at,
+        }],
+    })
 }
 
 pub async fn append_history(
