@@ -10,11 +10,11 @@ use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, StockReserved};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{self, OnCancelled, OnReserved};
-use crate::provider::{ProviderError, Router};
+use crate::provider::{ChargeJournal, ProviderError, Router};
 use crate::store::{self, NewPayment, Outcome};
 
 /// Consumer group and inbox name.
@@ -23,6 +23,22 @@ pub const CONSUMER: &str = "payment";
 pub struct SagaHandler {
     pub router: Arc<Router>,
     pub outbox: Outbox,
+    /// For the charge journal, which must commit before a provider is called
+    /// (the handler's own transaction commits after).
+    pub pool: PgPool,
+}
+
+/// Journals charge attempts of one order to `charge_attempts`.
+struct AttemptJournal<'a> {
+    pool: &'a PgPool,
+    order_id: Uuid,
+}
+
+#[async_trait::async_trait]
+impl ChargeJournal for AttemptJournal<'_> {
+    async fn before_charge(&self, provider: &str) -> Result<(), String> {
+        store::record_charge_attempt(self.pool, self.order_id, provider).await.map_err(|e| e.to_string())
+    }
 }
 
 /// An id the event must carry; without it nothing can ever apply, so dead-letter.
@@ -64,22 +80,38 @@ impl SagaHandler {
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
             }
-            OnReserved::Charge => self.charge(&payment, &reserved.payment_token).await?,
+            OnReserved::Charge => self.charge(tx, &payment, &reserved.payment_token).await?,
         };
         let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
         tracing::info!(%order_id, payment_id = %row.id, status = %row.status, provider = %row.provider, "payment recorded");
         Ok(())
     }
 
-    /// Charges through the router. The provider call is idempotent on the
-    /// order id, so a retry after this transaction rolled back is safe.
-    async fn charge(&self, payment: &NewPayment, token: &str) -> Result<Outcome, HandlerError> {
+    /// Charges through the router. Providers are journaled before they are
+    /// asked, and a capture an earlier attempt made (its transaction rolled
+    /// back or never committed) is taken over instead of charging again,
+    /// perhaps at the other provider.
+    async fn charge(&self, tx: &mut PgConnection, payment: &NewPayment, token: &str) -> Result<Outcome, HandlerError> {
         let total = Money { currency_code: payment.currency_code.clone(), amount_minor: payment.amount_minor };
         let Ok(amount) = domain::chargeable(&total) else {
             // Decline rather than dead-letter, so the saga still compensates.
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };
-        let routed = self.router.charge(&payment.order_id.to_string(), token, &amount).await;
+        let key = payment.order_id.to_string();
+        if let Some((provider, charge)) = self.earlier_capture(tx, payment.order_id).await? {
+            tracing::warn!(order_id = %key, %provider, "taking over a capture an unrecorded attempt made");
+            return Ok(Outcome::Captured {
+                provider,
+                provider_reference: charge.provider_reference,
+                card_display: charge.card_display,
+            });
+        }
+        let journal = AttemptJournal { pool: &self.pool, order_id: payment.order_id };
+        let routed = self
+            .router
+            .charge(&key, token, &amount, &journal)
+            .await
+            .map_err(|e| HandlerError::Retryable(format!("recording the charge attempt failed: {e}")))?;
         match routed.outcome {
             Ok(charge) => Ok(Outcome::Captured {
                 provider: routed.provider,
@@ -92,6 +124,27 @@ impl SagaHandler {
         }
     }
 
+    /// A capture held by a provider journaled for `order_id`. A journaled
+    /// provider that cannot answer may hold money: retry rather than guess.
+    async fn earlier_capture(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<Option<(String, crate::provider::Charge)>, HandlerError> {
+        for provider in store::charge_attempts(tx, order_id).await? {
+            match self.router.find_charge(&provider, &order_id.to_string()).await {
+                Ok(Some(charge)) => return Ok(Some((provider, charge))),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(HandlerError::Retryable(format!(
+                        "provider {provider} was asked to charge order {order_id} and cannot say whether it did: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn on_order_cancelled(&self, tx: &mut PgConnection, cancelled: OrderCancelled) -> Result<(), HandlerError> {
         let order_id = id("order_id", &cancelled.order_id)?;
         let reason = CancelReason::try_from(cancelled.reason).unwrap_or(CancelReason::Unspecified).as_str_name();
@@ -100,14 +153,17 @@ impl SagaHandler {
         // Tombstone first: a StockReserved still on its way must not charge.
         store::record_cancellation(tx, order_id, reason).await?;
         let Some(payment) = store::payment_for_order(tx, order_id).await? else {
-            tracing::info!(%order_id, reason, "order cancelled before any payment");
-            return Ok(());
+            return self.refund_unrecorded_capture(tx, order_id, &cancelled).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
             tracing::info!(%order_id, status = %payment.status, "cancelled order holds no captured payment");
             return Ok(());
         }
-        let amount = store::amount(&payment)
+        self.refund(tx, &payment).await
+    }
+
+    async fn refund(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
+        let amount = store::amount(payment)
             .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
         match self.router.refund(&payment.provider, &payment.provider_reference, &amount).await {
             Ok(()) => {}
@@ -119,8 +175,36 @@ impl SagaHandler {
                 return Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)));
             }
         }
-        store::record_refund(tx, &self.outbox, &payment).await?;
-        tracing::info!(%order_id, payment_id = %payment.id, "payment refunded");
+        store::record_refund(tx, &self.outbox, payment).await?;
+        tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
         Ok(())
+    }
+
+    /// A cancelled order without a payment row may still have been charged
+    /// by an attempt that never committed: record that capture and refund it.
+    async fn refund_unrecorded_capture(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        cancelled: &OrderCancelled,
+    ) -> Result<(), HandlerError> {
+        let Some((provider, charge)) = self.earlier_capture(tx, order_id).await? else {
+            tracing::info!(%order_id, "order cancelled before any payment");
+            return Ok(());
+        };
+        tracing::warn!(%order_id, %provider, "cancelled order holds an unrecorded capture; refunding it");
+        let payment = NewPayment {
+            order_id,
+            user_id: id("user_id", &cancelled.user_id)?,
+            currency_code: charge.amount.currency.as_str().to_owned(),
+            amount_minor: charge.amount.amount_minor,
+        };
+        let outcome = Outcome::Captured {
+            provider,
+            provider_reference: charge.provider_reference,
+            card_display: charge.card_display,
+        };
+        let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
+        self.refund(tx, &row).await
     }
 }

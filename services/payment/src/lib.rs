@@ -51,7 +51,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],
-        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone() }),
+        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone(), pool: rt.pool().clone() }),
     });
     let api = grpc::PaymentApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::payment_service_server::PaymentServiceServer::new(api)))

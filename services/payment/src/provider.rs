@@ -19,6 +19,8 @@ pub struct Charge {
     pub provider_reference: String,
     /// e.g. "visa ending 4242"; the only card detail we keep.
     pub card_display: String,
+    /// What the provider captured.
+    pub amount: Money,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +43,18 @@ pub trait PaymentProvider: Send + Sync {
 
     /// Returns `amount` of the charge `provider_reference`. Idempotent.
     async fn refund(&self, provider_reference: &str, amount: &Money) -> Result<(), ProviderError>;
+
+    /// The capture made under `idempotency_key`, if any (Stripe: look the
+    /// PaymentIntent up by its order metadata). Lets a retry or a
+    /// cancellation find money taken by an attempt we never recorded.
+    async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError>;
+}
+
+/// Durable note of which providers were asked to charge an order.
+#[async_trait::async_trait]
+pub trait ChargeJournal: Send + Sync {
+    /// Records, before the call, that `provider` is about to be asked.
+    async fn before_charge(&self, provider: &str) -> Result<(), String>;
 }
 
 /// Stripe-test-mode stand-in. `tok_provider_down` makes a provider built with
@@ -65,11 +79,12 @@ impl TestProvider {
         Self { name, down_on_test_token, charges: Mutex::default(), refunded: Mutex::default() }
     }
 
-    fn outcome(&self, token: &str) -> Result<Charge, ProviderError> {
+    fn outcome(&self, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
         let card = |display: &str| {
             Ok(Charge {
                 provider_reference: format!("{}_ch_{}", self.name, uuid::Uuid::now_v7().simple()),
                 card_display: display.to_owned(),
+                amount: *amount,
             })
         };
         match token {
@@ -90,12 +105,12 @@ impl PaymentProvider for TestProvider {
         self.name
     }
 
-    async fn charge(&self, idempotency_key: &str, token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
+    async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
         let mut charges = self.charges.lock().expect("provider map poisoned");
         if let Some(previous) = charges.get(idempotency_key) {
             return previous.clone();
         }
-        let outcome = self.outcome(token);
+        let outcome = self.outcome(token, amount);
         // Outages aren't remembered: a retry after one is a fresh attempt.
         if outcome != Err(ProviderError::Unavailable) {
             charges.insert(idempotency_key.to_owned(), outcome.clone());
@@ -110,6 +125,17 @@ impl PaymentProvider for TestProvider {
         }
         self.refunded.lock().expect("provider map poisoned").insert(provider_reference.to_owned());
         Ok(())
+    }
+
+    async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
+        Ok(self.charges.lock().expect("provider map poisoned").get(idempotency_key).cloned().and_then(Result::ok))
+    }
+}
+
+impl TestProvider {
+    /// Whether the charge `provider_reference` was refunded (tests audit with it).
+    pub fn is_refunded(&self, provider_reference: &str) -> bool {
+        self.refunded.lock().expect("provider map poisoned").contains(provider_reference)
     }
 }
 
@@ -168,9 +194,20 @@ impl Router {
         self.breaker.lock().expect("breaker poisoned").state(self.clock.now())
     }
 
-    pub async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Routed<Charge> {
+    /// Charges through the primary, failing over to the secondary. Each
+    /// provider is written to `journal` before it is asked, so a charge it
+    /// makes stays findable whatever happens after; a journal failure stops
+    /// the charge before any provider is called.
+    pub async fn charge(
+        &self,
+        idempotency_key: &str,
+        token: &str,
+        amount: &Money,
+        journal: &dyn ChargeJournal,
+    ) -> Result<Routed<Charge>, String> {
         let allowed = self.breaker.lock().expect("breaker poisoned").allows(self.clock.now());
         if allowed {
+            journal.before_charge(self.primary.name()).await?;
             let outcome = self.primary.charge(idempotency_key, token, amount).await;
             {
                 let mut breaker = self.breaker.lock().expect("breaker poisoned");
@@ -183,22 +220,32 @@ impl Router {
             self.record_state();
             count(self.primary.name(), &outcome);
             if outcome != Err(ProviderError::Unavailable) {
-                return Routed { provider: self.primary.name().to_owned(), outcome };
+                return Ok(Routed { provider: self.primary.name().to_owned(), outcome });
             }
             tracing::warn!(idempotency_key, "primary provider unavailable; failing over");
         }
+        journal.before_charge(self.secondary.name()).await?;
         let outcome = self.secondary.charge(idempotency_key, token, amount).await;
         count(self.secondary.name(), &outcome);
-        Routed { provider: self.secondary.name().to_owned(), outcome }
+        Ok(Routed { provider: self.secondary.name().to_owned(), outcome })
+    }
+
+    /// The capture `provider` holds under `idempotency_key`, if any.
+    pub async fn find_charge(&self, provider: &str, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
+        self.provider(provider).find_charge(idempotency_key).await
     }
 
     pub async fn refund(&self, provider: &str, provider_reference: &str, amount: &Money) -> Result<(), ProviderError> {
-        let target = if provider == self.secondary.name() { &self.secondary } else { &self.primary };
+        let target = self.provider(provider);
         let outcome = target.refund(provider_reference, amount).await;
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!("payment_refunds_total", "provider" => target.name().to_owned(), "outcome" => label)
             .increment(1);
         outcome
+    }
+
+    fn provider(&self, name: &str) -> &Arc<dyn PaymentProvider> {
+        if name == self.secondary.name() { &self.secondary } else { &self.primary }
     }
 
     fn record_state(&self) {
@@ -315,11 +362,68 @@ mod tests {
             if self.down.load(Ordering::SeqCst) {
                 return Err(ProviderError::Unavailable);
             }
-            Ok(Charge { provider_reference: format!("primary_ch_{key}"), card_display: "visa ending 4242".into() })
+            Ok(Charge {
+                provider_reference: format!("primary_ch_{key}"),
+                card_display: "visa ending 4242".into(),
+                amount: usd(100),
+            })
         }
         async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
             Ok(())
         }
+        async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
+            Ok(None)
+        }
+    }
+
+    /// Remembers which providers were announced, in order.
+    #[derive(Default)]
+    struct Journal(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl ChargeJournal for Journal {
+        async fn before_charge(&self, provider: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(provider.to_owned());
+            Ok(())
+        }
+    }
+
+    struct BrokenJournal;
+
+    #[async_trait::async_trait]
+    impl ChargeJournal for BrokenJournal {
+        async fn before_charge(&self, _provider: &str) -> Result<(), String> {
+            Err("database unavailable".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_provider_is_journaled_before_it_is_asked() {
+        let clock = Arc::new(FakeClock::new());
+        let primary = Arc::new(Flaky { down: true.into(), calls: AtomicU64::new(0) });
+        let secondary = Arc::new(TestProvider::secondary());
+        let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), clock);
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_visa", &usd(100), &journal).await.unwrap();
+        assert_eq!(routed.provider, SECONDARY);
+        assert_eq!(*journal.0.lock().unwrap(), vec![PRIMARY.to_owned(), SECONDARY.to_owned()]);
+        // What the secondary took can be found again under the same key.
+        let found = router.find_charge(SECONDARY, "o1").await.unwrap().unwrap();
+        assert_eq!(found, routed.outcome.unwrap());
+        assert_eq!(found.amount, usd(100));
+    }
+
+    #[tokio::test]
+    async fn no_provider_is_asked_when_the_journal_cannot_record() {
+        let primary = Arc::new(Flaky { down: false.into(), calls: AtomicU64::new(0) });
+        let router = Router::new(
+            primary.clone(),
+            Arc::new(TestProvider::secondary()),
+            BreakerConfig::default(),
+            Arc::new(SystemClock),
+        );
+        assert!(router.charge("o1", "tok_visa", &usd(100), &BrokenJournal).await.is_err());
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -328,33 +432,35 @@ mod tests {
         let primary = Arc::new(Flaky { down: true.into(), calls: AtomicU64::new(0) });
         let router =
             Router::new(primary.clone(), Arc::new(TestProvider::secondary()), BreakerConfig::default(), clock.clone());
+        let journal = Journal::default();
 
         // Each outage fails over to the secondary for that charge.
         for i in 0..5 {
-            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100)).await;
+            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100), &journal).await.unwrap();
             assert_eq!(routed.provider, SECONDARY);
             assert!(routed.outcome.is_ok());
         }
         assert_eq!(router.breaker_state(), BreakerState::Open);
 
         // While open, the primary isn't even tried.
-        let routed = router.charge("o5", "tok_visa", &usd(100)).await;
+        let routed = router.charge("o5", "tok_visa", &usd(100), &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
         assert_eq!(primary.calls.load(Ordering::SeqCst), 5);
 
         // After 30 s trial calls reach the (recovered) primary; two close it.
         clock.advance(Duration::from_secs(30));
         primary.down.store(false, Ordering::SeqCst);
-        assert_eq!(router.charge("o6", "tok_visa", &usd(100)).await.provider, PRIMARY);
+        assert_eq!(router.charge("o6", "tok_visa", &usd(100), &journal).await.unwrap().provider, PRIMARY);
         assert_eq!(router.breaker_state(), BreakerState::HalfOpen);
-        assert_eq!(router.charge("o7", "tok_visa", &usd(100)).await.provider, PRIMARY);
+        assert_eq!(router.charge("o7", "tok_visa", &usd(100), &journal).await.unwrap().provider, PRIMARY);
         assert_eq!(router.breaker_state(), BreakerState::Closed);
     }
 
     #[tokio::test]
     async fn a_decline_is_final_and_does_not_fail_over() {
         let router = Router::test_mode(BreakerConfig::default());
-        let routed = router.charge("o1", "tok_chargeDeclined", &usd(100)).await;
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_chargeDeclined", &usd(100), &journal).await.unwrap();
         assert_eq!(routed.provider, PRIMARY);
         assert_eq!(routed.outcome, Err(ProviderError::Declined("card_declined".into())));
         assert_eq!(router.breaker_state(), BreakerState::Closed);
@@ -363,7 +469,8 @@ mod tests {
     #[tokio::test]
     async fn provider_down_token_is_charged_by_the_secondary() {
         let router = Router::test_mode(BreakerConfig::default());
-        let routed = router.charge("o1", "tok_provider_down", &usd(100)).await;
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_provider_down", &usd(100), &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
         assert_eq!(routed.outcome.unwrap().card_display, "visa ending 4242");
     }

@@ -80,6 +80,25 @@ pub async fn record_cancellation(conn: &mut PgConnection, order_id: Uuid, reason
     Ok(())
 }
 
+/// Notes, in its own committed transaction, that `provider` is about to be
+/// asked to charge `order_id`.
+pub async fn record_charge_attempt(pool: &PgPool, order_id: Uuid, provider: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO charge_attempts (order_id, provider) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(order_id)
+        .bind(provider)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Providers that were asked to charge `order_id`, first asked first.
+pub async fn charge_attempts(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT provider FROM charge_attempts WHERE order_id = $1 ORDER BY attempted_at, provider")
+        .bind(order_id)
+        .fetch_all(conn)
+        .await
+}
+
 /// How a charge attempt ended, ready to be recorded.
 #[derive(Debug, Clone)]
 pub enum Outcome {

@@ -3,6 +3,7 @@
 //! transaction) and what would be published is read back from the outbox.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost::Message as _;
 use shopmesh_payment::domain::BreakerConfig;
@@ -10,7 +11,7 @@ use shopmesh_payment::events::SagaHandler;
 use shopmesh_payment::grpc::PaymentApi;
 use shopmesh_payment::pb;
 use shopmesh_payment::pb::payment_service_server::PaymentService as _;
-use shopmesh_payment::provider::Router;
+use shopmesh_payment::provider::{Charge, PRIMARY, PaymentProvider, ProviderError, Router, SystemClock, TestProvider};
 use shopmesh_platform::auth::{Claims, Principal};
 use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
 use shopmesh_platform::events::{DomainEvent, ReceivedEvent};
@@ -27,9 +28,48 @@ fn postgres_url() -> String {
     std::env::var("SHOPMESH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// The built-in primary, which can be taken down (it then answers nothing,
+/// not even whether it holds a charge).
+struct SwitchablePrimary {
+    inner: TestProvider,
+    down: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl PaymentProvider for SwitchablePrimary {
+    fn name(&self) -> &str {
+        PRIMARY
+    }
+    async fn charge(
+        &self,
+        key: &str,
+        token: &str,
+        amount: &shopmesh_platform::money::Money,
+    ) -> Result<Charge, ProviderError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ProviderError::Unavailable);
+        }
+        self.inner.charge(key, token, amount).await
+    }
+    async fn refund(&self, reference: &str, amount: &shopmesh_platform::money::Money) -> Result<(), ProviderError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ProviderError::Unavailable);
+        }
+        self.inner.refund(reference, amount).await
+    }
+    async fn find_charge(&self, key: &str) -> Result<Option<Charge>, ProviderError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ProviderError::Unavailable);
+        }
+        self.inner.find_charge(key).await
+    }
+}
+
 struct Harness {
     pool: PgPool,
     handler: SagaHandler,
+    primary: Arc<SwitchablePrimary>,
+    secondary: Arc<TestProvider>,
     api: PaymentApi,
     db_name: String,
 }
@@ -40,9 +80,11 @@ async fn harness() -> Harness {
     shopmesh_platform::db::ensure_database(&url).await.unwrap();
     let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
     shopmesh_platform::db::migrate(&pool, Some(&shopmesh_payment::MIGRATOR)).await.unwrap();
-    let handler =
-        SagaHandler { router: Arc::new(Router::test_mode(BreakerConfig::default())), outbox: Outbox::new("payment") };
-    Harness { api: PaymentApi { pool: pool.clone() }, handler, pool, db_name }
+    let primary = Arc::new(SwitchablePrimary { inner: TestProvider::primary(), down: AtomicBool::new(false) });
+    let secondary = Arc::new(TestProvider::secondary());
+    let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
+    let handler = SagaHandler { router: Arc::new(router), outbox: Outbox::new("payment"), pool: pool.clone() };
+    Harness { api: PaymentApi { pool: pool.clone() }, handler, primary, secondary, pool, db_name }
 }
 
 impl Harness {
@@ -52,6 +94,15 @@ impl Harness {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
             .execute(&admin)
             .await;
+    }
+
+    /// Applies `event` and then loses the transaction, as a crash before the
+    /// commit (or a failed commit) would.
+    async fn deliver_and_lose(&self, event: &ReceivedEvent) {
+        let mut tx = self.pool.begin().await.unwrap();
+        assert!(shopmesh_platform::inbox::record(&mut tx, "payment", event).await.unwrap());
+        self.handler.handle(&mut tx, event).await.unwrap();
+        tx.rollback().await.unwrap();
     }
 
     async fn deliver(&self, event: &ReceivedEvent) -> Result<bool, HandlerError> {
@@ -154,6 +205,61 @@ async fn reservation_is_charged_once_and_cancellation_refunds_it() {
     // Another cancellation finds nothing left to refund.
     h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap();
     assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_capture_whose_transaction_was_lost_is_refunded_when_the_order_is_cancelled() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    let reservation = reserved(order, user, "tok_visa", 2500);
+    h.deliver_and_lose(&reservation).await;
+    let taken = h.primary.inner.find_charge(&order.to_string()).await.unwrap().expect("the provider captured");
+    assert_eq!(h.status_of(order).await, None, "nothing of the attempt was committed");
+
+    // The order times out before StockReserved is redelivered.
+    h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap();
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference), "the capture went back to the customer");
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    let captured = h.published::<PaymentCaptured>().await;
+    assert_eq!(captured.len(), 1, "the capture is on the record: {captured:?}");
+    assert_eq!(captured[0].amount.as_ref().unwrap().amount_minor, 2500);
+    let refunded = h.published::<PaymentRefunded>().await;
+    assert_eq!(refunded.len(), 1);
+    assert_eq!(refunded[0].payment_id, captured[0].payment_id);
+
+    // The redelivered reservation finds the payment and changes nothing.
+    assert!(h.deliver(&reservation).await.unwrap());
+    assert_eq!(h.published::<PaymentCaptured>().await.len(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_a_lost_commit_never_charges_the_other_provider() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    let reservation = reserved(order, user, "tok_visa", 700);
+    h.deliver_and_lose(&reservation).await;
+    let taken = h.primary.inner.find_charge(&order.to_string()).await.unwrap().expect("the primary captured");
+
+    // The primary may hold the money and cannot say: wait, don't fail over.
+    h.primary.down.store(true, Ordering::SeqCst);
+    assert!(matches!(h.deliver(&reservation).await, Err(HandlerError::Retryable(_))));
+    assert_eq!(h.secondary.find_charge(&order.to_string()).await.unwrap(), None, "the secondary was never charged");
+
+    h.primary.down.store(false, Ordering::SeqCst);
+    assert!(h.deliver(&reservation).await.unwrap());
+    let captured = h.published::<PaymentCaptured>().await;
+    assert_eq!(captured.len(), 1);
+    assert_eq!(captured[0].provider, "primary");
+    let reference: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(reference, taken.provider_reference, "the earlier capture is the payment");
+    assert_eq!(h.secondary.find_charge(&order.to_string()).await.unwrap(), None);
     h.drop_db().await;
 }
 
