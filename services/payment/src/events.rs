@@ -24,8 +24,9 @@ pub struct SagaHandler {
     pub router: Arc<Router>,
     pub outbox: Outbox,
     /// For the charge journal, which must commit before a provider is called
-    /// (the handler's own transaction commits after).
-    pub pool: PgPool,
+    /// (the handler's own transaction commits after). A pool of its own: a
+    /// handler holding a connection never waits for a second from its pool.
+    pub journal_pool: PgPool,
 }
 
 /// Journals charge attempts of one order to `charge_attempts`.
@@ -106,7 +107,7 @@ impl SagaHandler {
                 card_display: charge.card_display,
             });
         }
-        let journal = AttemptJournal { pool: &self.pool, order_id: payment.order_id };
+        let journal = AttemptJournal { pool: &self.journal_pool, order_id: payment.order_id };
         let routed = self
             .router
             .charge(&key, token, &amount, &journal)

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
@@ -48,10 +49,12 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         success_threshold: rt.config.source.parse_or("BREAKER_SUCCESSES", defaults.success_threshold)?,
     };
     let router = Arc::new(provider::Router::test_mode(breaker));
+    let database_url = rt.config.database_url.clone().context("payment needs DATABASE_URL")?;
+    let journal_pool = shopmesh_platform::db::connect(&database_url, 2).await?;
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],
-        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone(), pool: rt.pool().clone() }),
+        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone(), journal_pool }),
     });
     let api = grpc::PaymentApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::payment_service_server::PaymentServiceServer::new(api)))

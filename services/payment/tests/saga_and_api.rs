@@ -83,7 +83,7 @@ async fn harness() -> Harness {
     let primary = Arc::new(SwitchablePrimary { inner: TestProvider::primary(), down: AtomicBool::new(false) });
     let secondary = Arc::new(TestProvider::secondary());
     let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
-    let handler = SagaHandler { router: Arc::new(router), outbox: Outbox::new("payment"), pool: pool.clone() };
+    let handler = SagaHandler { router: Arc::new(router), outbox: Outbox::new("payment"), journal_pool: pool.clone() };
     Harness { api: PaymentApi { pool: pool.clone() }, handler, primary, secondary, pool, db_name }
 }
 
