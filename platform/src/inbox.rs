@@ -2,9 +2,20 @@
 //! records the event id in the same transaction as the event's effect; a
 //! redelivered copy finds the row and is skipped.
 
-use sqlx::PgConnection;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
 
 use crate::events::ReceivedEvent;
+use crate::shutdown::Shutdown;
+
+/// How long a processed event's id is kept. A copy can only be redelivered
+/// while the broker still holds it, so this must exceed topic retention
+/// (Kafka's default is 7 days).
+pub const RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Rows deleted per statement, so pruning never holds long locks.
+const PRUNE_CHUNK: i64 = 10_000;
 
 /// Records `event` as processed by `consumer`. Returns `false` when it was
 /// already processed — the caller must then apply nothing.
@@ -20,4 +31,39 @@ pub async fn record(conn: &mut PgConnection, consumer: &str, event: &ReceivedEve
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Deletes rows processed more than `older_than` ago; returns how many.
+pub async fn prune(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM inbox WHERE ctid IN (
+                 SELECT ctid FROM inbox WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(PRUNE_CHUNK)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Prunes the inbox every hour until shutdown (every replica may run it).
+pub async fn run_pruner(pool: PgPool, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = shutdown.wait() => return,
+        }
+        match prune(&pool, RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned inbox rows past retention"),
+            Err(e) => tracing::warn!(error = %e, "inbox pruning failed"),
+        }
+    }
 }

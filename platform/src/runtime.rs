@@ -59,6 +59,8 @@ pub struct ServiceRuntime {
     http_listener: TcpListener,
     readiness: Readiness,
     extra_http: axum::Router,
+    /// Whether the inbox pruner runs (started with the first consumer).
+    inbox_pruned: bool,
 }
 
 /// A service started in the background (dev mode and tests).
@@ -137,6 +139,7 @@ impl ServiceRuntime {
             http_listener,
             readiness,
             extra_http: axum::Router::new(),
+            inbox_pruned: false,
         };
         if let (Some(pool), Some(kafka)) = (runtime.db.clone(), runtime.kafka.clone()) {
             let relay_config = RelayConfig { max_backoff: kafka.config.outbox_max_backoff, ..RelayConfig::default() };
@@ -201,6 +204,10 @@ impl ServiceRuntime {
     /// Runs `consumer` until shutdown.
     pub fn spawn_consumer(&mut self, consumer: EventConsumer) {
         let (pool, kafka, stop) = (self.pool().clone(), self.kafka().clone(), self.shutdown.clone());
+        if !self.inbox_pruned {
+            self.inbox_pruned = true;
+            self.tasks.spawn(crate::inbox::run_pruner(pool.clone(), stop.clone()));
+        }
         self.tasks.spawn(consumer.run(pool, kafka, stop));
     }
 

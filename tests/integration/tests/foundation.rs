@@ -217,5 +217,17 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
         .await
         .unwrap();
     assert_eq!(ghost, 0, "rolled-back events never leave");
+
+    // Inbox rows older than the retention (longer than any redelivery) are pruned.
+    sqlx::query("UPDATE inbox SET processed_at = now() - interval '15 days' WHERE event_id = $1")
+        .bind(event_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let pruned = shopmesh_platform::inbox::prune(&pool, shopmesh_platform::inbox::RETENTION).await.unwrap();
+    assert_eq!(pruned, 1);
+    let kept: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM inbox WHERE consumer = 'probe'").fetch_all(&pool).await.unwrap();
+    assert_eq!(kept, vec![sentinel_id], "recent rows stay");
     observer.unsubscribe();
 }
