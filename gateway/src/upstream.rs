@@ -140,6 +140,10 @@ impl Upstreams {
             // tonic enforces the grpc-timeout we set itself and reports it
             // as Cancelled; to the client it is a deadline.
             Ok(Err(s)) if s.code() == tonic::Code::Cancelled && started.elapsed() >= timeout => Err(expired()),
+            // As a gRPC client's own deadline would: an answer that arrives
+            // late is not passed on. Timers fire on millisecond ticks, so a
+            // sub-millisecond deadline can outlive a fast call.
+            Ok(_) if started.elapsed() >= timeout => Err(expired()),
             Ok(result) => result,
             Err(_) => Err(expired()),
         }
