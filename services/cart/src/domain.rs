@@ -113,6 +113,19 @@ impl Cart {
         self.lines.clear();
     }
 
+    /// Takes out what an order bought: each product's quantity drops by the
+    /// ordered amount and the line goes when nothing is left. Units added
+    /// after checkout began stay. Products no longer in the cart are skipped.
+    pub fn remove_ordered(&mut self, ordered: impl IntoIterator<Item = (Uuid, u32)>) {
+        for (product_id, bought) in ordered {
+            let Some(line) = self.lines.iter_mut().find(|l| l.product_id == product_id) else { continue };
+            match Quantity::try_from(i64::from(line.quantity.0) - i64::from(bought)) {
+                Ok(left) => line.quantity = left,
+                Err(_) => self.lines.retain(|l| l.product_id != product_id),
+            }
+        }
+    }
+
     /// Marks a write: the next version, stamped `now`.
     pub fn touch(&mut self, now: DateTime<Utc>) {
         self.version += 1;
@@ -235,6 +248,21 @@ mod tests {
             price: money(code, amount),
             active,
         }
+    }
+
+    #[test]
+    fn an_order_removes_only_what_it_bought() {
+        let now = Utc::now();
+        let (tent, lamp, mug, sock) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut cart = Cart::empty(now);
+        cart.add(tent, q(3), now).unwrap();
+        cart.add(lamp, q(1), now).unwrap();
+        cart.add(mug, q(2), now).unwrap();
+        // Bought 2 tents (1 added since), all lamps, more mugs than are left
+        // (a later edit lowered them), and socks no longer in the cart.
+        cart.remove_ordered([(tent, 2), (lamp, 1), (mug, 5), (sock, 1)]);
+        assert_eq!(cart.lines.len(), 1);
+        assert_eq!((cart.lines[0].product_id, cart.lines[0].quantity), (tent, q(1)));
     }
 
     #[test]

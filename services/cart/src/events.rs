@@ -1,9 +1,6 @@
-//! What the cart consumes: `OrderConfirmed` from order-events empties the
-//! buyer's cart. The platform's inbox makes each event apply once.
-//!
-//! Known gap: the whole cart is cleared, including lines added after
-//! checkout began; only the checked-out lines should go (OrderConfirmed
-//! carries no lines yet).
+//! What the cart consumes: `OrderConfirmed` from order-events takes what was
+//! bought out of the buyer's cart; anything added after checkout began stays.
+//! The platform's inbox makes each event apply once.
 
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
@@ -31,15 +28,33 @@ impl EventHandler for CheckoutClearer {
         if confirmed.user_id.is_empty() {
             return Err(HandlerError::Permanent(format!("order {} has no user_id", confirmed.order_id)));
         }
+        let ordered = confirmed
+            .lines
+            .iter()
+            .map(|l| {
+                let product_id = uuid::Uuid::parse_str(&l.product_id).map_err(|e| {
+                    HandlerError::Permanent(format!(
+                        "order {} line product_id {:?}: {e}",
+                        confirmed.order_id, l.product_id
+                    ))
+                })?;
+                Ok((product_id, u32::try_from(l.quantity).unwrap_or(0)))
+            })
+            .collect::<Result<Vec<_>, HandlerError>>()?;
         let mut cart = store::lock(tx, &confirmed.user_id).await?;
-        cart.clear();
+        if ordered.is_empty() {
+            // Producers before lines were carried: the old rule, empty it all.
+            cart.clear();
+        } else {
+            cart.remove_ordered(ordered);
+        }
         cart.touch(chrono::Utc::now());
         store::save(tx, &confirmed.user_id, &cart).await?;
         // Written before the commit (there is no after-commit hook): the new
         // version wins over any concurrent repopulate of the old cart, and a
         // rolled-back attempt is redone by the retry.
         self.cache.put(&confirmed.user_id, &cart).await;
-        tracing::info!(order_id = %confirmed.order_id, user_id = %confirmed.user_id, "cart cleared after checkout");
+        tracing::info!(order_id = %confirmed.order_id, user_id = %confirmed.user_id, "ordered lines taken out of the cart");
         Ok(())
     }
 }

@@ -87,7 +87,12 @@ async fn saga_outcomes_become_messages_listed_newest_first() {
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
     let usd = |minor| Some(Money { currency_code: "USD".into(), amount_minor: minor });
 
-    let confirmed = received(&OrderConfirmed { order_id: "o-1".into(), user_id: alice.to_string(), total: usd(1999) });
+    let confirmed = received(&OrderConfirmed {
+        order_id: "o-1".into(),
+        user_id: alice.to_string(),
+        total: usd(1999),
+        ..Default::default()
+    });
     assert!(h.deliver(&confirmed).await.unwrap());
     assert!(!h.deliver(&confirmed).await.unwrap(), "a redelivered copy is not notified twice");
     h.deliver(&received(&OrderCancelled {
@@ -106,9 +111,14 @@ async fn saga_outcomes_become_messages_listed_newest_first() {
     }))
     .await
     .unwrap();
-    h.deliver(&received(&OrderConfirmed { order_id: "o-2".into(), user_id: bob.to_string(), total: usd(5) }))
-        .await
-        .unwrap();
+    h.deliver(&received(&OrderConfirmed {
+        order_id: "o-2".into(),
+        user_id: bob.to_string(),
+        total: usd(5),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
 
     let first = h.list(alice, 2, String::new()).await;
     let titles: Vec<&str> = first.notifications.iter().map(|n| n.title.as_str()).collect();
@@ -142,7 +152,8 @@ async fn bad_requests_and_events_are_refused() {
     let anonymous = h.api.list_notifications(Request::new(pb::ListNotificationsRequest::default())).await;
     assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
 
-    let nobody = received(&OrderConfirmed { order_id: "o-1".into(), user_id: String::new(), total: None });
+    let nobody =
+        received(&OrderConfirmed { order_id: "o-1".into(), user_id: String::new(), total: None, ..Default::default() });
     assert!(matches!(h.deliver(&nobody).await, Err(HandlerError::Permanent(_))));
     h.drop_db().await;
 }

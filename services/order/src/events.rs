@@ -12,7 +12,7 @@ use shopmesh_platform::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{CancelReason, OrderInput, OrderStatus, Transition, decide};
+use crate::domain::{CancelReason, OrderInput, OrderLine, OrderStatus, Transition, decide};
 use crate::store;
 
 fn proto_reason(reason: CancelReason) -> ev::CancelReason {
@@ -21,6 +21,17 @@ fn proto_reason(reason: CancelReason) -> ev::CancelReason {
         CancelReason::PaymentDeclined => ev::CancelReason::PaymentDeclined,
         CancelReason::Timeout => ev::CancelReason::Timeout,
         CancelReason::CustomerRequest => ev::CancelReason::CustomerRequest,
+    }
+}
+
+impl OrderLine {
+    /// The line as saga events carry it.
+    pub fn to_event(&self) -> ev::OrderLine {
+        ev::OrderLine {
+            product_id: self.product_id.clone(),
+            quantity: self.quantity,
+            unit_price: Some(self.unit_price.to_proto()),
+        }
     }
 }
 
@@ -42,8 +53,13 @@ pub async fn advance(
         Transition::Confirm => {
             store::set_status(conn, id, OrderStatus::Confirmed, None, true).await?;
             store::append_history(conn, id, OrderStatus::Confirmed, None, "payment captured").await?;
-            let event =
-                ev::OrderConfirmed { order_id, user_id: order.user_id.clone(), total: Some(order.total.to_proto()) };
+            let lines = store::load_lines(conn, id).await?;
+            let event = ev::OrderConfirmed {
+                order_id,
+                user_id: order.user_id.clone(),
+                total: Some(order.total.to_proto()),
+                lines: lines.iter().map(OrderLine::to_event).collect(),
+            };
             outbox.enqueue(conn, &event).await?;
             record_final(OrderStatus::Confirmed, None, order.created_at);
             Ok(Some(OrderStatus::Confirmed))

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{CartLine, CatalogProduct, CheckoutError, OrderInput, OrderStatus, price_checkout};
+use crate::domain::{CartLine, CatalogProduct, CheckoutError, OrderInput, OrderLine, OrderStatus, price_checkout};
 use crate::events::advance;
 use crate::pb;
 use crate::store::{self, IdempotentHit, NewOrder, OrderRecord};
@@ -304,14 +304,7 @@ impl pb::order_service_server::OrderService for OrderApi {
         let created = ev::OrderCreated {
             order_id: id.to_string(),
             user_id: caller.user_id.clone(),
-            lines: lines
-                .iter()
-                .map(|l| ev::OrderLine {
-                    product_id: l.product_id.clone(),
-                    quantity: l.quantity,
-                    unit_price: Some(l.unit_price.to_proto()),
-                })
-                .collect(),
+            lines: lines.iter().map(OrderLine::to_event).collect(),
             total: Some(total.to_proto()),
             payment_token: checkout.payment_token,
         };

@@ -352,17 +352,7 @@ async fn attach_details(pool: &PgPool, orders: &mut [OrderRecord]) -> Result<(),
     .fetch_all(pool)
     .await?;
     for order in orders.iter_mut() {
-        order.lines = lines
-            .iter()
-            .filter(|r| r.get::<Uuid, _>("order_id") == order.id)
-            .map(|r| OrderLine {
-                product_id: r.get("product_id"),
-                sku: r.get("sku"),
-                name: r.get("name"),
-                unit_price: money(r.get("currency_code"), r.get("unit_price_minor")),
-                quantity: r.get("quantity"),
-            })
-            .collect();
+        order.lines = lines.iter().filter(|r| r.get::<Uuid, _>("order_id") == order.id).map(line_from_row).collect();
         order.history = history
             .iter()
             .filter(|r| r.get::<Uuid, _>("order_id") == order.id)
@@ -375,6 +365,28 @@ async fn attach_details(pool: &PgPool, orders: &mut [OrderRecord]) -> Result<(),
             .collect();
     }
     Ok(())
+}
+
+fn line_from_row(r: &sqlx::postgres::PgRow) -> OrderLine {
+    OrderLine {
+        product_id: r.get("product_id"),
+        sku: r.get("sku"),
+        name: r.get("name"),
+        unit_price: money(r.get("currency_code"), r.get("unit_price_minor")),
+        quantity: r.get("quantity"),
+    }
+}
+
+/// The lines of order `id`, in the order they were written.
+pub async fn load_lines(conn: &mut PgConnection, id: Uuid) -> Result<Vec<OrderLine>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT product_id, sku, name, currency_code, unit_price_minor, quantity
+         FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(line_from_row).collect())
 }
 
 /// Keyset cursor of the order list (newest first).

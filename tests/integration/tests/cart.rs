@@ -1,6 +1,6 @@
 //! Cart: each caller sees only their own cart; lines are checked and priced
 //! against the catalog; the Redis copy can vanish without losing a cart; an
-//! OrderConfirmed empties the buyer's cart.
+//! OrderConfirmed takes what was bought out of the buyer's cart.
 
 use std::time::Duration;
 
@@ -10,10 +10,11 @@ use shopmesh_cart::pb::cart_service_client::CartServiceClient;
 use shopmesh_catalog::pb as catalog_pb;
 use shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient;
 use shopmesh_integration_tests::tokens::{TestIssuer, authed};
-use shopmesh_integration_tests::{TestEnv, eventually, publish_event, redis_url};
+use shopmesh_integration_tests::{TestEnv, eventually, publish_event, publish_raw, redis_url};
+use shopmesh_platform::events::DomainEvent as _;
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money;
-use shopmesh_platform::pb::events::v1::OrderConfirmed;
+use shopmesh_platform::pb::events::v1::{OrderConfirmed, OrderLine};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -47,6 +48,10 @@ async fn setup() -> Setup {
 
 fn usd(amount_minor: i64) -> Option<Money> {
     Some(Money { currency_code: "USD".into(), amount_minor })
+}
+
+fn line(product_id: &str, quantity: i32) -> OrderLine {
+    OrderLine { product_id: product_id.into(), quantity, unit_price: usd(100) }
 }
 
 impl Setup {
@@ -175,8 +180,13 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
     assert_eq!(quantities(&cart), vec![("OUT-TENT-001".into(), 1), ("OUT-LAMP-005".into(), 2)]);
     assert_eq!(redis.exists::<i64, _>(&key).await.unwrap(), 1, "repopulated from Postgres");
 
-    // The buyer's order is confirmed: their cart empties.
-    let confirmed = OrderConfirmed { order_id: uuid::Uuid::now_v7().to_string(), user_id: user.clone(), total: usd(1) };
+    // The buyer's order of everything in it is confirmed: their cart empties.
+    let confirmed = OrderConfirmed {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: user.clone(),
+        total: usd(1),
+        lines: vec![line(&s.id("OUT-TENT-001"), 1), line(&s.id("OUT-LAMP-005"), 2)],
+    };
     publish_event(&s.env.kafka(), "order", &confirmed).await;
     eventually("cart cleared by OrderConfirmed", Duration::from_secs(30), || {
         let s = &s;
@@ -187,5 +197,51 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
     // Postgres agrees (not just the Redis copy).
     redis.del::<i64, _>(&key).await.unwrap();
     assert!(s.get(&token).await.lines.is_empty());
+    drop(s.env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_confirmed_keeps_what_was_added_after_checkout() {
+    let s = setup().await;
+    let user = uuid::Uuid::now_v7().to_string();
+    let token = s.issuer.customer(&user);
+    // Checked out: 2 tents and a lamp. Then, while the saga ran, one more
+    // tent and a mug went in.
+    s.add(&token, &s.id("OUT-TENT-001"), 3).await.unwrap();
+    s.add(&token, &s.id("OUT-LAMP-005"), 1).await.unwrap();
+    s.add(&token, &s.id("KIT-MUG-001"), 1).await.unwrap();
+    let confirmed = OrderConfirmed {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: user.clone(),
+        total: usd(1),
+        lines: vec![line(&s.id("OUT-TENT-001"), 2), line(&s.id("OUT-LAMP-005"), 1)],
+    };
+    let sent = publish_event(&s.env.kafka(), "order", &confirmed).await;
+    let left = vec![("OUT-TENT-001".to_string(), 1), ("KIT-MUG-001".to_string(), 1)];
+    eventually("ordered lines taken out", Duration::from_secs(30), || {
+        let (s, token, left) = (&s, token.clone(), left.clone());
+        async move { (quantities(&s.get(&token).await) == left).then_some(()) }
+    })
+    .await;
+
+    // The same event again, as a broker redelivery: nothing more goes.
+    publish_raw(&s.env.kafka(), OrderConfirmed::TOPIC, &confirmed.order_id, &sent).await;
+    s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
+    assert_eq!(quantities(&s.get(&token).await), left, "a redelivered OrderConfirmed changed the cart");
+
+    // From a producer that did not carry lines yet: the old rule, the whole
+    // cart goes.
+    let legacy = OrderConfirmed {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: user.clone(),
+        total: usd(1),
+        lines: vec![],
+    };
+    publish_event(&s.env.kafka(), "order", &legacy).await;
+    eventually("legacy OrderConfirmed empties the cart", Duration::from_secs(30), || {
+        let (s, token) = (&s, token.clone());
+        async move { s.get(&token).await.lines.is_empty().then_some(()) }
+    })
+    .await;
     drop(s.env);
 }

@@ -38,7 +38,12 @@ async fn order_outcomes_notify_the_customer_once_each() {
     let user = Uuid::now_v7();
     let order = Uuid::now_v7().to_string();
 
-    let confirmed = ev::OrderConfirmed { order_id: order.clone(), user_id: user.to_string(), total: usd(1999) };
+    let confirmed = ev::OrderConfirmed {
+        order_id: order.clone(),
+        user_id: user.to_string(),
+        total: usd(1999),
+        ..Default::default()
+    };
     let bytes = publish_event(&kafka, "test", &confirmed).await;
     publish_raw(&kafka, ev::OrderConfirmed::TOPIC, &order, &bytes).await;
     let cancelled = ev::OrderCancelled {
