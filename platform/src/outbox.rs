@@ -14,7 +14,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -123,16 +123,10 @@ impl OutboxRelay {
                 None => break,
             };
             tracing::info!(service = %self.service, "outbox relay is the active publisher");
-            let mut listener = match PgListener::connect_with(&self.pool).await {
-                Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
-                    Ok(()) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox LISTEN failed; polling only");
-                        None
-                    }
-                },
+            let mut listener = match self.notify_listener().await {
+                Ok(l) => Some(l),
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox listener connect failed; polling only");
+                    tracing::warn!(error = %e, "outbox LISTEN failed; polling only");
                     None
                 }
             };
@@ -194,6 +188,20 @@ impl OutboxRelay {
             }
         }
         self.final_flush().await;
+    }
+
+    /// LISTENs for outbox inserts on a connection of its own: it is held for
+    /// as long as the relay leads and must not take one of the service's.
+    async fn notify_listener(&self) -> Result<PgListener, sqlx::Error> {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with((*self.pool.connect_options()).clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(listener)
     }
 
     /// Holds the advisory lock on a dedicated connection; waits while another
