@@ -151,37 +151,41 @@ impl EventConsumer {
         batch.len()
     }
 
-    /// Every message of `batch`: inbox row and effect, one transaction.
+    /// Every message of `batch`: inbox rows (one statement) and effects, one
+    /// transaction.
     async fn apply_together(&self, pool: &PgPool, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
-        let mut outcomes = Vec::with_capacity(batch.len());
+        let events = batch
+            .iter()
+            .map(|msg| {
+                ReceivedEvent::decode_envelope(
+                    msg.payload().unwrap_or_default(),
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted: Vec<&ReceivedEvent> = events.iter().filter(|e| self.handler.wants(e.event_type())).collect();
         let mut tx = pool.begin().await?;
-        for msg in batch {
-            let event = ReceivedEvent::decode_envelope(
-                msg.payload().unwrap_or_default(),
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-            )?;
+        let mut fresh = crate::inbox::record_all(&mut tx, &self.name, &wanted).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (msg, event) in batch.iter().zip(&events) {
             if !self.handler.wants(event.event_type()) {
                 outcomes.push((event, Outcome::Skipped, Duration::ZERO));
                 continue;
             }
-            let started = Instant::now();
-            let applied = async {
-                if !crate::inbox::record(&mut tx, &self.name, &event).await? {
-                    return Ok::<_, HandlerError>(false);
-                }
-                self.handler.handle(&mut tx, &event).await?;
-                Ok(true)
+            // `remove`: a second copy of the same event in this batch is a duplicate.
+            if !fresh.remove(&event.event_id) {
+                outcomes.push((event, Outcome::Duplicate, Duration::ZERO));
+                continue;
             }
-            .instrument(self.consume_span(msg, &event))
-            .await?;
-            let outcome = if applied { Outcome::Applied } else { Outcome::Duplicate };
-            outcomes.push((event, outcome, started.elapsed()));
+            let started = Instant::now();
+            self.handler.handle(&mut tx, event).instrument(self.consume_span(msg, event)).await?;
+            outcomes.push((event, Outcome::Applied, started.elapsed()));
         }
         tx.commit().await?;
-        for (event, outcome, elapsed) in &outcomes {
-            self.count(event, outcome, *elapsed);
+        for (event, outcome, elapsed) in outcomes {
+            self.count(event, &outcome, elapsed);
         }
         Ok(())
     }

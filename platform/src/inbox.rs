@@ -2,9 +2,11 @@
 //! records the event id in the same transaction as the event's effect; a
 //! redelivered copy finds the row and is skipped.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::events::ReceivedEvent;
 use crate::shutdown::Shutdown;
@@ -31,6 +33,33 @@ pub async fn record(conn: &mut PgConnection, consumer: &str, event: &ReceivedEve
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Records every event of `events` as processed by `consumer` in one
+/// statement. Returns the ids that were not processed before: only those may
+/// be applied. An id listed twice is returned once.
+pub async fn record_all(
+    conn: &mut PgConnection,
+    consumer: &str,
+    events: &[&ReceivedEvent],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, event_id, event_type)
+         SELECT $1, id, kind FROM unnest($2::uuid[], $3::text[]) AS e(id, kind)
+         ON CONFLICT (consumer, event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .bind(&types)
+    .fetch_all(conn)
+    .await?;
+    Ok(fresh.into_iter().collect())
 }
 
 /// Deletes rows processed more than `older_than` ago; returns how many.

@@ -231,3 +231,37 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     assert_eq!(kept, vec![sentinel_id], "recent rows stay");
     observer.unsubscribe();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_records_a_batch_in_one_statement_and_names_only_new_events() {
+    let env = TestEnv::new();
+    let url = env.database_url("inbox_batch").await;
+    let pool = shopmesh_platform::db::connect(&url, 2).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    let received = |user: &str| {
+        let event = UserRegistered { user_id: user.into(), ..Default::default() };
+        let envelope = shopmesh_platform::events::envelope("test", &event);
+        ReceivedEvent::decode_envelope(&envelope.encode_to_vec(), topics::USER, 0, 0).unwrap()
+    };
+    let (seen, fresh, other) = (received("seen"), received("fresh"), received("other"));
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(shopmesh_platform::inbox::record(&mut conn, "probe", &seen).await.unwrap());
+
+    // A batch holding an already processed event and the same new one twice.
+    let mut tx = pool.begin().await.unwrap();
+    let new = shopmesh_platform::inbox::record_all(&mut tx, "probe", &[&seen, &fresh, &fresh]).await.unwrap();
+    assert_eq!(new, [fresh.event_id].into(), "only the unseen event is new, and once");
+    tx.rollback().await.unwrap();
+
+    // Rolled back with its effects: the same batch is new again.
+    let mut tx = pool.begin().await.unwrap();
+    let new = shopmesh_platform::inbox::record_all(&mut tx, "probe", &[&fresh, &other]).await.unwrap();
+    assert_eq!(new, [fresh.event_id, other.event_id].into());
+    tx.commit().await.unwrap();
+    // Another consumer keeps an inbox of its own.
+    let mut tx = pool.begin().await.unwrap();
+    let new = shopmesh_platform::inbox::record_all(&mut tx, "other-consumer", &[&seen]).await.unwrap();
+    assert_eq!(new, [seen.event_id].into());
+    tx.commit().await.unwrap();
+    assert!(shopmesh_platform::inbox::record_all(&mut conn, "probe", &[]).await.unwrap().is_empty());
+}
