@@ -122,6 +122,13 @@ impl OutboxRelay {
                 Some(conn) => conn,
                 None => break,
             };
+            // The leader's session also reads and marks the outbox. Its marks
+            // need not wait for the WAL flush: one lost in a database crash
+            // only re-publishes the row, which consumers' inboxes absorb.
+            if let Err(e) = sqlx::query("SET synchronous_commit = off").execute(&mut lock).await {
+                tracing::warn!(error = %e, "outbox relay lost its lock connection; re-electing");
+                continue 'leadership;
+            }
             tracing::info!(service = %self.service, "outbox relay is the active publisher");
             let mut listener = match self.notify_listener().await {
                 Ok(l) => Some(l),
@@ -137,7 +144,7 @@ impl OutboxRelay {
                 if shutdown.is_triggered() {
                     break 'leadership;
                 }
-                match self.publish_batch().await {
+                match self.publish_batch_on(&mut lock).await {
                     Ok(n) => {
                         backoff = Duration::ZERO;
                         if n as i64 == self.config.batch_size {
@@ -145,6 +152,10 @@ impl OutboxRelay {
                         }
                     }
                     Err(e) => {
+                        if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
+                            tracing::warn!(error = %e, "outbox relay lost its lock connection; re-electing");
+                            continue 'leadership;
+                        }
                         backoff = (backoff * 2).clamp(Duration::from_millis(100), self.config.max_backoff);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
                         tokio::select! {
@@ -231,12 +242,18 @@ impl OutboxRelay {
     /// Publishes up to one batch of unsent rows in order; returns how many
     /// were published. Rows are marked sent only after the broker acked them.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        self.publish_batch_on(&mut conn).await
+    }
+
+    /// `publish_batch` on a connection the caller holds.
+    async fn publish_batch_on(&self, conn: &mut PgConnection) -> anyhow::Result<usize> {
         let rows = sqlx::query(
             "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
              FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
         )
         .bind(self.config.batch_size)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -308,7 +325,7 @@ impl OutboxRelay {
         if !sent.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now(), last_error = NULL WHERE seq = ANY($1)")
                 .bind(&sent)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             metrics::counter!("outbox_published_total", "service" => self.service.clone()).increment(sent.len() as u64);
         }
@@ -316,7 +333,7 @@ impl OutboxRelay {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1")
                 .bind(seq)
                 .bind(error.to_string())
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
         }
         let error = enqueue_error.or_else(|| failed.into_iter().next().map(|(_, e)| e));
