@@ -187,6 +187,10 @@ impl OutboxRelay {
                     match listener.as_mut() {
                         Some(l) => {
                             let _ = l.recv().await;
+                            // Every inserting transaction notifies; the next
+                            // batch sees all that are already here, so one
+                            // wake-up serves them all.
+                            while l.next_buffered().is_some() {}
                         }
                         None => std::future::pending::<()>().await,
                     }
