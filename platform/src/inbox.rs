@@ -22,17 +22,7 @@ const PRUNE_CHUNK: i64 = 10_000;
 /// Records `event` as processed by `consumer`. Returns `false` when it was
 /// already processed — the caller must then apply nothing.
 pub async fn record(conn: &mut PgConnection, consumer: &str, event: &ReceivedEvent) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)
-         ON CONFLICT (consumer, event_id) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event.event_id)
-    .bind(event.event_type())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    Ok(record_all(conn, consumer, &[event]).await?.contains(&event.event_id))
 }
 
 /// Records every event of `events` as processed by `consumer` in one
