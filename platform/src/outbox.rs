@@ -139,7 +139,6 @@ impl OutboxRelay {
             };
             let mut last_cleanup = tokio::time::Instant::now();
             let mut last_lag_report: Option<tokio::time::Instant> = None;
-            let mut last_lock_check = tokio::time::Instant::now();
             loop {
                 if shutdown.is_triggered() {
                     break 'leadership;
@@ -152,6 +151,8 @@ impl OutboxRelay {
                         }
                     }
                     Err(e) => {
+                        // Every pass reads on the lock connection, so a lost
+                        // one (and with it leadership) shows up here.
                         if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
                             tracing::warn!(error = %e, "outbox relay lost its lock connection; re-electing");
                             continue 'leadership;
@@ -174,14 +175,6 @@ impl OutboxRelay {
                 if last_cleanup.elapsed() > Duration::from_secs(600) {
                     self.cleanup().await;
                     last_cleanup = tokio::time::Instant::now();
-                }
-                // Losing the lock connection means losing leadership.
-                if last_lock_check.elapsed() > Duration::from_secs(1) {
-                    if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                        tracing::warn!("outbox relay lost its lock connection; re-electing");
-                        continue 'leadership;
-                    }
-                    last_lock_check = tokio::time::Instant::now();
                 }
                 let wait_notify = async {
                     match listener.as_mut() {
