@@ -125,7 +125,13 @@ impl OutboxRelay {
             // The leader's session also reads and marks the outbox. Its marks
             // need not wait for the WAL flush: one lost in a database crash
             // only re-publishes the row, which consumers' inboxes absorb.
-            if let Err(e) = sqlx::query("SET synchronous_commit = off").execute(&mut lock).await {
+            // Plain index scans only: the outbox is a queue whose published
+            // rows stay dead in the unpublished index until vacuum. An index
+            // scan marks them dead as it passes, so the next read skips them;
+            // a bitmap or sequential scan (which the planner picks for a
+            // fresh, unanalysed table) revisits every one on every batch.
+            let session = "SET synchronous_commit = off; SET enable_seqscan = off; SET enable_bitmapscan = off";
+            if let Err(e) = sqlx::raw_sql(session).execute(&mut lock).await {
                 tracing::warn!(error = %e, "outbox relay lost its lock connection; re-electing");
                 continue 'leadership;
             }
