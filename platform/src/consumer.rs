@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::events::{EventDecodeError, ReceivedEvent};
 use crate::kafka::{Kafka, topics};
+use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,9 @@ enum Outcome {
 }
 
 impl EventConsumer {
-    pub async fn run(self, pool: PgPool, kafka: Kafka, shutdown: Shutdown) {
+    /// Consumes until shutdown. Handlers write their events to `outbox`; its
+    /// relay is woken after each commit.
+    pub async fn run(self, pool: PgPool, kafka: Kafka, outbox: Outbox, shutdown: Shutdown) {
         let consumer = loop {
             match kafka.consumer(&self.name, &self.topics) {
                 Ok(c) => break c,
@@ -116,6 +119,7 @@ impl EventConsumer {
                 }
             }
             if done > 0 {
+                outbox.committed();
                 let _ = consumer.commit_consumer_state(CommitMode::Async);
             }
             if done < batch.len() {

@@ -143,7 +143,7 @@ impl ServiceRuntime {
         };
         if let (Some(pool), Some(kafka)) = (runtime.db.clone(), runtime.kafka.clone()) {
             let relay_config = RelayConfig { max_backoff: kafka.config.outbox_max_backoff, ..RelayConfig::default() };
-            let relay = OutboxRelay::new(pool, kafka, name, relay_config);
+            let relay = OutboxRelay::new(pool, kafka, &runtime.outbox, relay_config);
             let stop = runtime.shutdown.clone();
             runtime.tasks.spawn(relay.run(stop));
         }
@@ -208,7 +208,7 @@ impl ServiceRuntime {
             self.inbox_pruned = true;
             self.tasks.spawn(crate::inbox::run_pruner(pool.clone(), stop.clone()));
         }
-        self.tasks.spawn(consumer.run(pool, kafka, stop));
+        self.tasks.spawn(consumer.run(pool, kafka, self.outbox.clone(), stop));
     }
 
     /// Runs a background task that must watch `shutdown()` itself.

@@ -46,7 +46,7 @@ pub async fn create_account(
         Err(e) => return Err(e.into()),
     }
     outbox.enqueue(&mut tx, &events::user_registered(id, email, name, roles)).await?;
-    tx.commit().await?;
+    outbox.commit(tx).await?;
     Ok(id)
 }
 
@@ -92,7 +92,7 @@ pub async fn create_or_promote_admin(
             (id, false)
         }
     };
-    tx.commit().await?;
+    outbox.commit(tx).await?;
     Ok(result)
 }
 

@@ -142,7 +142,7 @@ impl CatalogApi {
         if let Some(price) = events::price_changed(&applied) {
             self.outbox.enqueue(&mut tx, &price).await.map_err(db_error)?;
         }
-        tx.commit().await.map_err(db_error)?;
+        self.outbox.commit(tx).await.map_err(db_error)?;
         // If Redis misses this, the event consumer retries it.
         self.cache.invalidate(Some(id)).await;
         tracing::info!(product_id = %id, changed = ?applied.changed, "product updated");
@@ -284,7 +284,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             CreateError::Db(e) => db_error(e),
         })?;
         self.outbox.enqueue(&mut tx, &events::created(&product)).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        self.outbox.commit(tx).await.map_err(db_error)?;
         // If Redis misses this, the event consumer retries it.
         self.cache.invalidate(None).await;
         tracing::info!(product_id = %product.id, sku = %product.sku, "product created");

@@ -554,7 +554,7 @@ pub async fn seed_demo_catalog(pool: &PgPool, outbox: &Outbox) -> anyhow::Result
             None => report.already_present += 1,
         }
     }
-    tx.commit().await?;
+    outbox.commit(tx).await?;
     let skus: Vec<String> = products.iter().map(|p| p.sku.as_str().to_owned()).collect();
     report.products = store::ids_by_sku(pool, &skus).await?;
     tracing::info!(inserted = report.inserted, already_present = report.already_present, "demo catalog seeded");

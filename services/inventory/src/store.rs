@@ -126,14 +126,14 @@ impl Store {
         if domain::low_stock_crossed(before.as_ref(), &row.level) {
             self.outbox.enqueue(&mut tx, &events::low_stock(product_id, &row.level)).await?;
         }
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(row)
     }
 
     pub async fn reserve(&self, order_id: OrderId, lines: &ReservationLines) -> Result<Reservation, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let reservation = self.reserve_in(&mut tx, order_id, lines, None).await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(reservation)
     }
 
@@ -195,7 +195,7 @@ impl Store {
     pub async fn release(&self, order_id: OrderId, mode: ReleaseMode) -> Result<ReleaseOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let outcome = self.release_in(&mut tx, order_id, mode).await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(outcome)
     }
 
@@ -243,7 +243,7 @@ impl Store {
     pub async fn commit(&self, order_id: OrderId) -> Result<CommitOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let outcome = self.commit_in(&mut tx, order_id).await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(outcome)
     }
 

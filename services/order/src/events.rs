@@ -171,7 +171,7 @@ pub async fn cancel_timed_out(pool: &PgPool, outbox: &Outbox, timeout: Duration)
     for id in &ids {
         advance(&mut tx, outbox, *id, OrderInput::TimedOut).await?;
     }
-    tx.commit().await?;
+    outbox.commit(tx).await?;
     if !ids.is_empty() {
         tracing::info!(count = ids.len(), "cancelled orders that stayed PENDING past the timeout");
     }

@@ -309,7 +309,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             payment_token: checkout.payment_token,
         };
         self.outbox.enqueue(&mut tx, &created).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        self.outbox.commit(tx).await.map_err(db_error)?;
         metrics::counter!("orders_created_total").increment(1);
         tracing::info!(order_id = %id, user_id = %caller.user_id, total = %total, "order placed");
         Ok(Response::new(pb::CreateOrderResponse { order: Some(order_proto(order)) }))
@@ -350,7 +350,7 @@ impl pb::order_service_server::OrderService for OrderApi {
         self.load_visible(id, &caller).await?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         advance(&mut tx, &self.outbox, id, OrderInput::CustomerCancel).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        self.outbox.commit(tx).await.map_err(db_error)?;
         let order = self.load_visible(id, &caller).await?;
         Ok(Response::new(pb::CancelOrderResponse { order: Some(order_proto(order)) }))
     }

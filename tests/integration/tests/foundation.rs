@@ -1,6 +1,7 @@
 //! Foundation: the platform runtime serves health, reflection and ops
 //! endpoints; the outbox publishes each event once, re-publishes what a crash
-//! left unmarked, and the inbox applies a redelivered copy only once.
+//! left unmarked, is woken by commits on any replica, and the inbox applies a
+//! redelivered copy only once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +155,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     let observer = env.observer(&topic);
     let relay_stop = env.shutdown.child();
     let relay = tokio::spawn(
-        OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(relay_stop.clone()),
+        OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, RelayConfig::default()).run(relay_stop.clone()),
     );
 
     let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
@@ -182,7 +183,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     let sentinel_id = outbox.enqueue(&mut tx, &sentinel).await.unwrap();
     tx.commit().await.unwrap();
     tokio::spawn(
-        OutboxRelay::new(pool.clone(), kafka.clone(), "test", RelayConfig::default()).run(env.shutdown.clone()),
+        OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, RelayConfig::default()).run(env.shutdown.clone()),
     );
     let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await;
     assert_eq!(seen.len(), 2, "the unmarked row is re-published, plus the new one");
@@ -190,7 +191,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     // The consumer sees the event twice and applies it once.
     let handler = Arc::new(CountingHandler);
     let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler };
-    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), env.shutdown.clone()));
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
     eventually("sentinel applied", Duration::from_secs(30), || {
         let pool = pool.clone();
         async move {
@@ -229,6 +230,65 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     let kept: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT event_id FROM inbox WHERE consumer = 'probe'").fetch_all(&pool).await.unwrap();
     assert_eq!(kept, vec![sentinel_id], "recent rows stay");
+    observer.unsubscribe();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_publishing_relay_here_or_on_another_replica() {
+    let env = TestEnv::new();
+    let url = env.database_url("outbox_wake").await;
+    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let observer = env.observer(&kafka.config.topic(topics::USER));
+    // Polling so rare that within this test only a wake-up can publish.
+    let config = RelayConfig { poll_interval: Duration::from_secs(3600), ..RelayConfig::default() };
+
+    // Two replicas of one service: `here` publishes, `there` waits for the lock.
+    let (here, there) = (Outbox::new("test"), Outbox::new("test"));
+    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), &here, config.clone()).run(env.shutdown.clone()));
+    eventually("a relay holds the publisher lock", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (held == 1).then_some(())
+        }
+    })
+    .await;
+    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), &there, config).run(env.shutdown.clone()));
+
+    let write = |outbox: Outbox, user: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let event = UserRegistered { user_id: user.into(), ..Default::default() };
+            let id = outbox.enqueue(&mut tx, &event).await.unwrap();
+            outbox.commit(tx).await.unwrap();
+            id.to_string()
+        }
+    };
+    let ids = |seen: Vec<Vec<u8>>| -> Vec<String> {
+        seen.iter()
+            .map(|b| shopmesh_platform::pb::events::v1::EventEnvelope::decode(b.as_slice()).unwrap().id)
+            .collect()
+    };
+
+    // Written on the other replica: its wake-up reaches the publisher as a NOTIFY.
+    let from_there = write(there.clone(), "written-there").await;
+    let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(1)).await;
+    assert_eq!(ids(seen), vec![from_there], "published on the other replica's wake-up");
+
+    // Written beside the publisher: woken in-process.
+    let from_here = write(here.clone(), "written-here").await;
+    let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(1)).await;
+    assert_eq!(ids(seen), vec![from_here], "published on this process's wake-up");
     observer.unsubscribe();
 }
 
