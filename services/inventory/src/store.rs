@@ -389,30 +389,33 @@ fn corrupt(what: String) -> sqlx::Error {
 }
 
 async fn load_reservation(conn: &mut PgConnection, order_id: OrderId) -> Result<Option<Reservation>, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT status, short_product_ids FROM reservations WHERE order_id = $1")
-        .bind(order_id.as_uuid())
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    // One round trip: a row per line, or one row without a line.
+    let rows = sqlx::query(
+        "SELECT r.status, r.short_product_ids, l.product_id, l.quantity
+         FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id
+         WHERE r.order_id = $1 ORDER BY l.product_id",
+    )
+    .bind(order_id.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let status: String = row.try_get("status")?;
+    let status: String = first.try_get("status")?;
     let status = ReservationStatus::parse(&status).ok_or_else(|| corrupt(format!("reservation status {status:?}")))?;
-    let short: Vec<Uuid> = row.try_get("short_product_ids")?;
-    let lines =
-        sqlx::query("SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id")
-            .bind(order_id.as_uuid())
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|l| {
-                let quantity: i32 = l.try_get("quantity")?;
-                Ok(Line {
-                    product_id: ProductId::from_uuid(l.try_get("product_id")?),
-                    quantity: Quantity::parse("quantity", quantity).map_err(|e| corrupt(e.to_string()))?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let short: Vec<Uuid> = first.try_get("short_product_ids")?;
+    let mut lines = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (Some(product_id), Some(quantity)) =
+            (row.try_get::<Option<Uuid>, _>("product_id")?, row.try_get::<Option<i32>, _>("quantity")?)
+        else {
+            continue;
+        };
+        lines.push(Line {
+            product_id: ProductId::from_uuid(product_id),
+            quantity: Quantity::parse("quantity", quantity).map_err(|e| corrupt(e.to_string()))?,
+        });
+    }
     Ok(Some(Reservation {
         order_id,
         status,
