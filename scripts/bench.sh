@@ -46,8 +46,9 @@ export SHOPMESH_RATE_LIMIT_AUTHENTICATED=1000000000/1
 export SHOPMESH_RATE_LIMIT_LOGIN=1000000000/1
 export SHOPMESH_ADMIN_EMAIL="${SHOPMESH_ADMIN_EMAIL:-admin@bench.test}"
 export SHOPMESH_ADMIN_PASSWORD="${SHOPMESH_ADMIN_PASSWORD:-bench-admin-password}"
-# Per-request info logs would be a large share of the CPU being measured.
-export RUST_LOG="${RUST_LOG:-warn}"
+# Per-request info logs would be a large share of the CPU being measured; the
+# platform's few (relay leadership, partition assignments) show a stuck group.
+export RUST_LOG="${RUST_LOG:-warn,shopmesh_platform=info}"
 
 SERVER_LOG="$LOCAL/bench-shopmesh.log"
 ready() { curl -fsS -o /dev/null "$1" 2>/dev/null; }
