@@ -71,7 +71,8 @@ enum Outcome {
 
 impl EventConsumer {
     /// Consumes until shutdown. Handlers write their events to `outbox`; its
-    /// relay is woken after each commit.
+    /// relay is woken after a commit that wrote some (consumers that never
+    /// publish, like cart's or notification's, never wake it).
     pub async fn run(self, pool: PgPool, kafka: Kafka, outbox: Outbox, shutdown: Shutdown) {
         let consumer = loop {
             match kafka.consumer(&self.name, &self.topics) {
@@ -111,6 +112,7 @@ impl EventConsumer {
                     None => break,
                 }
             }
+            let enqueued_before = outbox.enqueued();
             let done = self.process_batch(&pool, &kafka, &batch, &shutdown).await;
             for msg in &batch[..done] {
                 // Stores offset + 1, like store_offset_from_message.
@@ -119,7 +121,10 @@ impl EventConsumer {
                 }
             }
             if done > 0 {
-                outbox.committed();
+                // Moved by other tasks too: at worst one extra relay pass.
+                if outbox.enqueued() != enqueued_before {
+                    outbox.committed();
+                }
                 let _ = consumer.commit_consumer_state(CommitMode::Async);
             }
             if done < batch.len() {

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -44,11 +45,20 @@ pub struct Outbox {
     source: Arc<str>,
     /// Shared with the relay built from this outbox: "committed rows wait".
     wake: Arc<Notify>,
+    /// Events enqueued through this outbox (and its clones) so far.
+    enqueued: Arc<AtomicU64>,
 }
 
 impl Outbox {
     pub fn new(source: &str) -> Self {
-        Self { source: source.into(), wake: Arc::new(Notify::new()) }
+        Self { source: source.into(), wake: Arc::new(Notify::new()), enqueued: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// How many events have been enqueued so far, committed or not. A caller
+    /// that commits on others' behalf compares it before and after, and wakes
+    /// the relay only if it moved.
+    pub fn enqueued(&self) -> u64 {
+        self.enqueued.load(Ordering::Relaxed)
     }
 
     /// Commits `tx`, which wrote events, and wakes the relay to publish them.
@@ -89,6 +99,7 @@ impl Outbox {
         .bind(serde_json::Value::Object(trace))
         .execute(&mut *conn)
         .await?;
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
         Ok(id)
     }
 }
