@@ -128,12 +128,18 @@ impl EventHandler for CountingHandler {
     }
 }
 
+/// A fresh database holding only the platform's tables (outbox, inbox).
+async fn platform_database(env: &TestEnv, name: &str, connections: u32) -> sqlx::PgPool {
+    let url = env.database_url(name).await;
+    let pool = shopmesh_platform::db::connect(&url, connections).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    pool
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() {
     let env = TestEnv::new();
-    let url = env.database_url("outbox").await;
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    let pool = platform_database(&env, "outbox", 5).await;
     sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
         .execute(&pool)
         .await
@@ -236,9 +242,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_wakes_the_publishing_relay_here_or_on_another_replica() {
     let env = TestEnv::new();
-    let url = env.database_url("outbox_wake").await;
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    let pool = platform_database(&env, "outbox_wake", 5).await;
     let kafka = env.kafka();
     kafka.ensure_topics(&[topics::USER]).await.unwrap();
     let observer = env.observer(&kafka.config.topic(topics::USER));
@@ -295,9 +299,7 @@ async fn a_commit_wakes_the_publishing_relay_here_or_on_another_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_records_a_batch_in_one_statement_and_names_only_new_events() {
     let env = TestEnv::new();
-    let url = env.database_url("inbox_batch").await;
-    let pool = shopmesh_platform::db::connect(&url, 2).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, None).await.unwrap();
+    let pool = platform_database(&env, "inbox_batch", 2).await;
     let received = |user: &str| {
         let event = UserRegistered { user_id: user.into(), ..Default::default() };
         let envelope = shopmesh_platform::events::envelope("test", &event);
