@@ -52,7 +52,14 @@ domain_events! {
 /// Wraps `event` in a new envelope stamped with a UUIDv7, the current time
 /// and the current span's trace context.
 pub fn envelope<E: DomainEvent>(source: &str, event: &E) -> ev::EventEnvelope {
-    let trace = crate::telemetry::current_trace_headers();
+    envelope_in(source, event, &tracing::Span::current())
+}
+
+/// Like [`envelope`], with `span` as the trace parent: a handler applying
+/// several consumed events at once publishes each outcome under the span of
+/// the event that caused it.
+pub fn envelope_in<E: DomainEvent>(source: &str, event: &E, span: &tracing::Span) -> ev::EventEnvelope {
+    let trace = crate::telemetry::trace_headers_of(span);
     let now = chrono::Utc::now();
     ev::EventEnvelope {
         id: Uuid::now_v7().to_string(),

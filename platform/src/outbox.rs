@@ -77,30 +77,56 @@ impl Outbox {
     /// Adds `event` to the outbox inside the caller's transaction; it is
     /// published only if that transaction commits. Returns the event id.
     pub async fn enqueue<E: DomainEvent>(&self, conn: &mut PgConnection, event: &E) -> Result<Uuid, sqlx::Error> {
+        let ids = self.enqueue_all(conn, &[(event, &tracing::Span::current())]).await?;
+        Ok(ids[0])
+    }
+
+    /// Adds every event of `events` in one statement, each traced as a child
+    /// of the span beside it (the span of the consumed event that caused it).
+    /// Returns the event ids in order.
+    pub async fn enqueue_all<E: DomainEvent>(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&E, &tracing::Span)],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
         use prost::Message;
-        let envelope = events::envelope(&self.source, event);
-        let id = Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs");
-        let mut trace = serde_json::Map::new();
-        if !envelope.traceparent.is_empty() {
-            trace.insert("traceparent".into(), envelope.traceparent.clone().into());
+        if events.is_empty() {
+            return Ok(vec![]);
         }
-        if !envelope.tracestate.is_empty() {
-            trace.insert("tracestate".into(), envelope.tracestate.clone().into());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut keys = Vec::with_capacity(events.len());
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut traces = Vec::with_capacity(events.len());
+        for (event, span) in events {
+            let envelope = events::envelope_in(&self.source, *event, span);
+            ids.push(Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs"));
+            keys.push(event.aggregate_id());
+            let mut trace = serde_json::Map::new();
+            if !envelope.traceparent.is_empty() {
+                trace.insert("traceparent".into(), envelope.traceparent.clone().into());
+            }
+            if !envelope.tracestate.is_empty() {
+                trace.insert("tracestate".into(), envelope.tracestate.clone().into());
+            }
+            traces.push(serde_json::Value::Object(trace));
+            envelopes.push(envelope.encode_to_vec());
         }
+        // In array order, so `seq` (and the relay's publish order) follows `events`.
         sqlx::query(
             "INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT id, $2, key, $3, envelope, trace
+             FROM unnest($1::uuid[], $4::text[], $5::bytea[], $6::jsonb[]) AS e(id, key, envelope, trace)",
         )
-        .bind(id)
+        .bind(&ids)
         .bind(E::TOPIC)
-        .bind(event.aggregate_id())
         .bind(E::TYPE)
-        .bind(envelope.encode_to_vec())
-        .bind(serde_json::Value::Object(trace))
+        .bind(&keys)
+        .bind(&envelopes)
+        .bind(&traces)
         .execute(&mut *conn)
         .await?;
-        self.enqueued.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        self.enqueued.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(ids)
     }
 }
 

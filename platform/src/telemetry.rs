@@ -99,8 +99,13 @@ pub fn adopt_remote_parent(span: &Span, carrier: &dyn Extractor) {
 
 /// The current span's W3C headers (`traceparent`, `tracestate`).
 pub fn current_trace_headers() -> HashMap<String, String> {
+    trace_headers_of(&Span::current())
+}
+
+/// W3C headers naming `span` as the parent.
+pub fn trace_headers_of(span: &Span) -> HashMap<String, String> {
     let mut map = HashMap::new();
-    let cx = Span::current().context();
+    let cx = span.context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
     map
 }
