@@ -14,16 +14,17 @@
 //! arrives before its reserve leaves a tombstone, so the late reserve does
 //! nothing (see `domain::ReleaseStep::Tombstone`).
 
-use shopmesh_platform::consumer::{EventHandler, HandlerError};
+use shopmesh_platform::consumer::{Consumed, EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1 as ev;
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::domain::{
     CommitStep, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
 };
-use crate::store::Store;
+use crate::store::{CommitOutcome, ReserveRequest, Store};
 
 /// Consumer group and inbox name.
 pub const CONSUMER: &str = "inventory";
@@ -37,6 +38,17 @@ pub struct OrderContext {
     pub payment_token: String,
     /// The order's lines as the order service priced them.
     pub lines: Vec<ev::OrderLine>,
+}
+
+impl From<ev::OrderCreated> for OrderContext {
+    fn from(created: ev::OrderCreated) -> Self {
+        Self {
+            user_id: created.user_id,
+            total: created.total,
+            payment_token: created.payment_token,
+            lines: created.lines,
+        }
+    }
 }
 
 pub fn stock_reserved(r: &Reservation, o: &OrderContext) -> ev::StockReserved {
@@ -88,12 +100,7 @@ impl SagaHandler {
                 return Ok(());
             }
         };
-        let context = OrderContext {
-            user_id: created.user_id,
-            total: created.total,
-            payment_token: created.payment_token,
-            lines: created.lines,
-        };
+        let context = OrderContext::from(created);
         let r = self.store.reserve_in(tx, order_id, &lines, Some(&context)).await?;
         tracing::info!(%order_id, status = r.status.as_str(), short = r.short_product_ids.len(), "reservation for OrderCreated");
         Ok(())
@@ -115,21 +122,69 @@ impl SagaHandler {
     async fn order_confirmed(&self, tx: &mut PgConnection, confirmed: ev::OrderConfirmed) -> Result<(), HandlerError> {
         let order_id = order_id(&confirmed.order_id)?;
         let outcome = self.store.commit_in(tx, order_id).await?;
-        match outcome.step {
-            CommitStep::Commit | CommitStep::AlreadyCommitted => {
-                tracing::info!(%order_id, step = ?outcome.step, "reservation committed");
-                Ok(())
-            }
-            // A confirmed order whose stock isn't held is an inconsistency
-            // for an operator; the DLQ records it.
-            CommitStep::NotFound => {
-                Err(HandlerError::Permanent(format!("order {order_id} confirmed but never reserved")))
-            }
-            CommitStep::Refuse(status) => Err(HandlerError::Permanent(format!(
-                "order {order_id} confirmed but its reservation is {}",
-                status.as_str()
-            ))),
+        committed_or_error(order_id, &outcome)
+    }
+}
+
+/// Whether a commit for OrderConfirmed did what the saga expects.
+fn committed_or_error(order_id: OrderId, outcome: &CommitOutcome) -> Result<(), HandlerError> {
+    match outcome.step {
+        CommitStep::Commit | CommitStep::AlreadyCommitted => {
+            tracing::info!(%order_id, step = ?outcome.step, "reservation committed");
+            Ok(())
         }
+        // A confirmed order whose stock isn't held is an inconsistency for an
+        // operator; the DLQ records it.
+        CommitStep::NotFound => Err(HandlerError::Permanent(format!("order {order_id} confirmed but never reserved"))),
+        CommitStep::Refuse(status) => Err(HandlerError::Permanent(format!(
+            "order {order_id} confirmed but its reservation is {}",
+            status.as_str()
+        ))),
+    }
+}
+
+impl SagaHandler {
+    /// Many OrderCreated at once: one reservation pass for all valid ones.
+    async fn orders_created(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
+        let mut valid = Vec::with_capacity(set.len());
+        for c in set {
+            let created: ev::OrderCreated = c.event.payload()?;
+            let order_id = order_id(&created.order_id)?;
+            let raw: Vec<(&str, i32)> = created.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+            match ReservationLines::parse(&raw) {
+                Ok(lines) => valid.push((order_id, lines, OrderContext::from(created), &c.span)),
+                // Rare: the one-by-one path answers it.
+                Err(_) => self.order_created(tx, created).instrument(c.span.clone()).await?,
+            }
+        }
+        let requests: Vec<ReserveRequest<'_>> = valid
+            .iter()
+            .map(|(order_id, lines, context, span)| ReserveRequest {
+                order_id: *order_id,
+                lines,
+                order: Some(context),
+                span,
+            })
+            .collect();
+        let reservations = self.store.reserve_all_in(tx, &requests).await?;
+        for r in &reservations {
+            tracing::info!(order_id = %r.order_id, status = r.status.as_str(), short = r.short_product_ids.len(), "reservation for OrderCreated");
+        }
+        Ok(())
+    }
+
+    /// Many OrderConfirmed at once: one commit pass.
+    async fn orders_confirmed(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
+        let mut orders = Vec::with_capacity(set.len());
+        for c in set {
+            let confirmed: ev::OrderConfirmed = c.event.payload()?;
+            orders.push((order_id(&confirmed.order_id)?, &c.span));
+        }
+        let outcomes = self.store.commit_all_in(tx, &orders).await?;
+        for ((order_id, _), outcome) in orders.iter().zip(&outcomes) {
+            committed_or_error(*order_id, outcome)?;
+        }
+        Ok(())
     }
 }
 
@@ -138,6 +193,18 @@ impl EventHandler for SagaHandler {
     fn wants(&self, event_type: &str) -> bool {
         [ev::OrderCreated::TYPE, ev::PaymentDeclined::TYPE, ev::OrderCancelled::TYPE, ev::OrderConfirmed::TYPE]
             .contains(&event_type)
+    }
+
+    fn applies_as_set(&self, event_type: &str) -> bool {
+        [ev::OrderCreated::TYPE, ev::OrderConfirmed::TYPE].contains(&event_type)
+    }
+
+    async fn handle_set(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
+        match set.first() {
+            Some(c) if c.event.is::<ev::OrderCreated>() => self.orders_created(tx, set).await,
+            Some(c) if c.event.is::<ev::OrderConfirmed>() => self.orders_confirmed(tx, set).await,
+            _ => Err(HandlerError::Permanent("a set of an event type inventory does not apply as a set".into())),
+        }
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {

@@ -10,7 +10,7 @@
 //! run them inside its inbox transaction; they must be called inside a
 //! transaction (the advisory lock is released at its end).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use shopmesh_platform::outbox::Outbox;
@@ -70,6 +70,16 @@ pub struct CommitOutcome {
 
 /// Why a reservation was refused, as StockReservationFailed reports it.
 pub const REASON_INSUFFICIENT_STOCK: &str = "insufficient stock";
+
+/// One order's reservation in a [`Store::reserve_all_in`] batch.
+pub struct ReserveRequest<'a> {
+    pub order_id: OrderId,
+    pub lines: &'a ReservationLines,
+    /// The checkout's fields for StockReserved; `None` for an admin reservation.
+    pub order: Option<&'a OrderContext>,
+    /// Parent of the outcome event this reservation publishes.
+    pub span: &'a tracing::Span,
+}
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -150,26 +160,71 @@ impl Store {
         lines: &ReservationLines,
         order: Option<&OrderContext>,
     ) -> Result<Reservation, sqlx::Error> {
-        lock_order(conn, order_id).await?;
-        if let Some(existing) = load_reservation(conn, order_id).await? {
-            return Ok(existing);
-        }
-        let before = lock_stock(conn, &lines.product_ids()).await?;
-        let short = domain::short_products(lines, |p| before.get(&p).copied());
-        let status = if short.is_empty() { ReservationStatus::Reserved } else { ReservationStatus::Rejected };
-        let reservation = Reservation { order_id, status, lines: lines.lines().to_vec(), short_product_ids: short };
-        insert_reservation(conn, &reservation).await?;
-        if status == ReservationStatus::Reserved {
-            let after = adjust_stock(conn, lines.lines(), 0, 1).await?;
-            self.enqueue_low_stock(conn, &before, &after).await?;
-            if let Some(order) = order {
-                self.outbox.enqueue(conn, &events::stock_reserved(&reservation, order)).await?;
+        let span = tracing::Span::current();
+        let request = ReserveRequest { order_id, lines, order, span: &span };
+        let mut done = self.reserve_all_in(conn, &[request]).await?;
+        Ok(done.remove(0))
+    }
+
+    /// [`reserve_in`](Self::reserve_in) for several orders in a fixed number
+    /// of statements, deciding each in turn against the stock the earlier ones
+    /// left. Returns the reservations in request order.
+    pub async fn reserve_all_in(
+        &self,
+        conn: &mut PgConnection,
+        requests: &[ReserveRequest<'_>],
+    ) -> Result<Vec<Reservation>, sqlx::Error> {
+        let order_ids: Vec<OrderId> = requests.iter().map(|r| r.order_id).collect();
+        lock_orders(conn, &order_ids).await?;
+        let mut known = load_reservations(conn, &order_ids).await?;
+        let wanted: Vec<ProductId> =
+            requests.iter().filter(|r| !known.contains_key(&r.order_id)).flat_map(|r| r.lines.product_ids()).collect();
+        let before = lock_stock(conn, &wanted).await?;
+        let mut levels = before.clone();
+        let mut made = Vec::new();
+        let mut reserved_lines = Vec::new();
+        let (mut reserved_events, mut failed_events) = (Vec::new(), Vec::new());
+        let mut out = Vec::with_capacity(requests.len());
+        for request in requests {
+            if let Some(existing) = known.get(&request.order_id) {
+                out.push(existing.clone());
+                continue;
             }
-        } else if order.is_some() {
-            let failed = events::reservation_failed(&reservation, REASON_INSUFFICIENT_STOCK);
-            self.outbox.enqueue(conn, &failed).await?;
+            let short = domain::short_products(request.lines, |p| levels.get(&p).copied());
+            let status = if short.is_empty() { ReservationStatus::Reserved } else { ReservationStatus::Rejected };
+            let reservation = Reservation {
+                order_id: request.order_id,
+                status,
+                lines: request.lines.lines().to_vec(),
+                short_product_ids: short,
+            };
+            if status == ReservationStatus::Reserved {
+                for line in request.lines.lines() {
+                    if let Some(level) = levels.get_mut(&line.product_id) {
+                        level.reserved += i64::from(line.quantity.get());
+                    }
+                }
+                reserved_lines.extend_from_slice(request.lines.lines());
+                if let Some(order) = request.order {
+                    reserved_events.push((events::stock_reserved(&reservation, order), request.span));
+                }
+            } else if request.order.is_some() {
+                failed_events.push((events::reservation_failed(&reservation, REASON_INSUFFICIENT_STOCK), request.span));
+            }
+            known.insert(request.order_id, reservation.clone());
+            made.push(reservation.clone());
+            out.push(reservation);
         }
-        Ok(reservation)
+        insert_reservations(conn, &made).await?;
+        if !reserved_lines.is_empty() {
+            let after = adjust_stock(conn, &totals(&reserved_lines), 0, 1).await?;
+            self.enqueue_low_stock(conn, &before, &after).await?;
+        }
+        let reserved: Vec<_> = reserved_events.iter().map(|(e, span)| (e, *span)).collect();
+        self.outbox.enqueue_all(conn, &reserved).await?;
+        let failed: Vec<_> = failed_events.iter().map(|(e, span)| (e, *span)).collect();
+        self.outbox.enqueue_all(conn, &failed).await?;
+        Ok(out)
     }
 
     /// Records a REJECTED reservation without lines for an order whose lines
@@ -181,13 +236,13 @@ impl Store {
         order_id: OrderId,
         reason: &str,
     ) -> Result<Reservation, sqlx::Error> {
-        lock_order(conn, order_id).await?;
+        lock_orders(conn, &[order_id]).await?;
         if let Some(existing) = load_reservation(conn, order_id).await? {
             return Ok(existing);
         }
         let reservation =
             Reservation { order_id, status: ReservationStatus::Rejected, lines: vec![], short_product_ids: vec![] };
-        insert_reservation(conn, &reservation).await?;
+        insert_reservations(conn, std::slice::from_ref(&reservation)).await?;
         self.outbox.enqueue(conn, &events::reservation_failed(&reservation, reason)).await?;
         Ok(reservation)
     }
@@ -207,7 +262,7 @@ impl Store {
         order_id: OrderId,
         mode: ReleaseMode,
     ) -> Result<ReleaseOutcome, sqlx::Error> {
-        lock_order(conn, order_id).await?;
+        lock_orders(conn, &[order_id]).await?;
         let current = load_reservation(conn, order_id).await?;
         let step = domain::release_step(current.as_ref().map(|r| r.status), mode);
         let reservation = match current {
@@ -218,18 +273,18 @@ impl Store {
                     lines: vec![],
                     short_product_ids: vec![],
                 };
-                insert_reservation(conn, &tombstone).await?;
+                insert_reservations(conn, std::slice::from_ref(&tombstone)).await?;
                 tombstone
             }
             Some(mut r) if matches!(step, ReleaseStep::ReturnReserved | ReleaseStep::Restock) => {
                 let before = lock_stock(conn, &product_ids(&r.lines)).await?;
                 let after = if step == ReleaseStep::Restock {
-                    adjust_stock(conn, &r.lines, 1, 0).await?
+                    adjust_stock(conn, &totals(&r.lines), 1, 0).await?
                 } else {
-                    adjust_stock(conn, &r.lines, 0, -1).await?
+                    adjust_stock(conn, &totals(&r.lines), 0, -1).await?
                 };
                 self.enqueue_low_stock(conn, &before, &after).await?;
-                set_status(conn, order_id, ReservationStatus::Released).await?;
+                set_status(conn, &[order_id], ReservationStatus::Released).await?;
                 self.outbox.enqueue(conn, &ev::StockReleased { order_id: order_id.to_string() }).await?;
                 r.status = ReservationStatus::Released;
                 r
@@ -251,22 +306,49 @@ impl Store {
     /// Anything but RESERVED changes nothing; the caller decides what the
     /// returned step means to it.
     pub async fn commit_in(&self, conn: &mut PgConnection, order_id: OrderId) -> Result<CommitOutcome, sqlx::Error> {
-        lock_order(conn, order_id).await?;
-        let current = load_reservation(conn, order_id).await?;
-        let step = domain::commit_step(current.as_ref().map(|r| r.status));
-        let reservation = match (step, current) {
-            (CommitStep::Commit, Some(mut r)) => {
-                let before = lock_stock(conn, &product_ids(&r.lines)).await?;
-                let after = adjust_stock(conn, &r.lines, -1, -1).await?;
-                self.enqueue_low_stock(conn, &before, &after).await?;
-                set_status(conn, order_id, ReservationStatus::Committed).await?;
-                self.outbox.enqueue(conn, &ev::StockCommitted { order_id: order_id.to_string() }).await?;
-                r.status = ReservationStatus::Committed;
-                Some(r)
-            }
-            (_, current) => current,
-        };
-        Ok(CommitOutcome { step, reservation })
+        let mut done = self.commit_all_in(conn, &[(order_id, &tracing::Span::current())]).await?;
+        Ok(done.remove(0))
+    }
+
+    /// [`commit_in`](Self::commit_in) for several orders in a fixed number
+    /// of statements; each order's span parents its StockCommitted. Returns
+    /// the outcomes in order.
+    pub async fn commit_all_in(
+        &self,
+        conn: &mut PgConnection,
+        orders: &[(OrderId, &tracing::Span)],
+    ) -> Result<Vec<CommitOutcome>, sqlx::Error> {
+        let order_ids: Vec<OrderId> = orders.iter().map(|(id, _)| *id).collect();
+        lock_orders(conn, &order_ids).await?;
+        let mut known = load_reservations(conn, &order_ids).await?;
+        let mut outcomes = Vec::with_capacity(orders.len());
+        let (mut committed, mut committed_lines, mut committed_events) = (Vec::new(), Vec::new(), Vec::new());
+        for &(order_id, span) in orders {
+            let current = known.get_mut(&order_id);
+            let step = domain::commit_step(current.as_ref().map(|r| r.status));
+            let reservation = match (step, current) {
+                (CommitStep::Commit, Some(r)) => {
+                    r.status = ReservationStatus::Committed;
+                    committed.push(order_id);
+                    committed_lines.extend_from_slice(&r.lines);
+                    committed_events.push((ev::StockCommitted { order_id: order_id.to_string() }, span));
+                    Some(r.clone())
+                }
+                (_, current) => current.cloned(),
+            };
+            outcomes.push(CommitOutcome { step, reservation });
+        }
+        if !committed.is_empty() {
+            let totals = totals(&committed_lines);
+            let products: Vec<ProductId> = totals.iter().map(|(p, _)| *p).collect();
+            let before = lock_stock(conn, &products).await?;
+            let after = adjust_stock(conn, &totals, -1, -1).await?;
+            self.enqueue_low_stock(conn, &before, &after).await?;
+            set_status(conn, &committed, ReservationStatus::Committed).await?;
+            let events: Vec<_> = committed_events.iter().map(|(e, span)| (e, *span)).collect();
+            self.outbox.enqueue_all(conn, &events).await?;
+        }
+        Ok(outcomes)
     }
 
     pub async fn get_reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, sqlx::Error> {
@@ -294,11 +376,29 @@ fn product_ids(lines: &[Line]) -> Vec<ProductId> {
     lines.iter().map(|l| l.product_id).collect()
 }
 
-async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('inventory.reservation:' || $1::text, 0))")
-        .bind(order_id.as_uuid())
-        .execute(conn)
-        .await?;
+/// Units per product over `lines`, by product id.
+fn totals(lines: &[Line]) -> Vec<(ProductId, i64)> {
+    let mut by_product: BTreeMap<ProductId, i64> = BTreeMap::new();
+    for l in lines {
+        *by_product.entry(l.product_id).or_default() += i64::from(l.quantity.get());
+    }
+    by_product.into_iter().collect()
+}
+
+/// Takes the advisory lock of every order in `order_ids`, in id order (the
+/// one order every transaction uses, so two batches can't deadlock).
+async fn lock_orders(conn: &mut PgConnection, order_ids: &[OrderId]) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<Uuid> = order_ids.iter().map(OrderId::as_uuid).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // A function scan over the array yields, and so locks, in array order.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('inventory.reservation:' || id::text, 0))
+         FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&ids)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -320,17 +420,17 @@ async fn lock_stock(
     Ok(rows.into_iter().map(|r| (r.product_id, r.level)).collect())
 }
 
-/// Adds `sign × quantity` per line to on_hand and reserved of rows the
+/// Adds `sign × units` per product to on_hand and reserved of rows the
 /// caller has locked; returns the new levels. The table's CHECKs are the
 /// last line of defence against going negative.
 async fn adjust_stock(
     conn: &mut PgConnection,
-    lines: &[Line],
+    units: &[(ProductId, i64)],
     on_hand_sign: i64,
     reserved_sign: i64,
 ) -> Result<Vec<(ProductId, StockLevel)>, sqlx::Error> {
-    let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id.as_uuid()).collect();
-    let quantities: Vec<i64> = lines.iter().map(|l| i64::from(l.quantity.get())).collect();
+    let ids: Vec<Uuid> = units.iter().map(|(p, _)| p.as_uuid()).collect();
+    let quantities: Vec<i64> = units.iter().map(|(_, q)| *q).collect();
     let rows: Vec<StockRow> = sqlx::query_as(
         "UPDATE stock s SET on_hand = s.on_hand + $3 * l.q, reserved = s.reserved + $4 * l.q, updated_at = now()
          FROM unnest($1::uuid[], $2::bigint[]) AS l(product_id, q)
@@ -345,39 +445,68 @@ async fn adjust_stock(
     .await?;
     // Reservations only ever hold stocked products and stock is never
     // deleted, so a missing row is a broken invariant, not a user error.
-    if rows.len() != lines.len() {
+    if rows.len() != units.len() {
         return Err(sqlx::Error::RowNotFound);
     }
     Ok(rows.into_iter().map(|r| (r.product_id, r.level)).collect())
 }
 
-async fn insert_reservation(conn: &mut PgConnection, r: &Reservation) -> Result<(), sqlx::Error> {
-    let short: Vec<Uuid> = r.short_product_ids.iter().map(ProductId::as_uuid).collect();
-    sqlx::query("INSERT INTO reservations (order_id, status, short_product_ids) VALUES ($1, $2, $3)")
-        .bind(r.order_id.as_uuid())
-        .bind(r.status.as_str())
-        .bind(&short)
-        .execute(&mut *conn)
-        .await?;
-    if !r.lines.is_empty() {
-        let ids: Vec<Uuid> = r.lines.iter().map(|l| l.product_id.as_uuid()).collect();
-        let quantities: Vec<i32> = r.lines.iter().map(|l| l.quantity.get()).collect();
+async fn insert_reservations(conn: &mut PgConnection, made: &[Reservation]) -> Result<(), sqlx::Error> {
+    if made.is_empty() {
+        return Ok(());
+    }
+    let order_ids: Vec<Uuid> = made.iter().map(|r| r.order_id.as_uuid()).collect();
+    let statuses: Vec<&str> = made.iter().map(|r| r.status.as_str()).collect();
+    // Short products and lines go flat, each beside its order id.
+    let (mut short_orders, mut short_products) = (Vec::new(), Vec::new());
+    let (mut line_orders, mut line_products, mut line_quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for r in made {
+        for p in &r.short_product_ids {
+            short_orders.push(r.order_id.as_uuid());
+            short_products.push(p.as_uuid());
+        }
+        for l in &r.lines {
+            line_orders.push(r.order_id.as_uuid());
+            line_products.push(l.product_id.as_uuid());
+            line_quantities.push(l.quantity.get());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, short_product_ids)
+         SELECT r.order_id, r.status,
+                coalesce((SELECT array_agg(s.product_id ORDER BY s.n)
+                          FROM unnest($3::uuid[], $4::uuid[]) WITH ORDINALITY AS s(order_id, product_id, n)
+                          WHERE s.order_id = r.order_id), '{}')
+         FROM unnest($1::uuid[], $2::text[]) AS r(order_id, status)",
+    )
+    .bind(&order_ids)
+    .bind(&statuses)
+    .bind(&short_orders)
+    .bind(&short_products)
+    .execute(&mut *conn)
+    .await?;
+    if !line_orders.is_empty() {
         sqlx::query(
             "INSERT INTO reservation_lines (order_id, product_id, quantity)
-             SELECT $1, product_id, quantity FROM unnest($2::uuid[], $3::int[]) AS l(product_id, quantity)",
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])",
         )
-        .bind(r.order_id.as_uuid())
-        .bind(&ids)
-        .bind(&quantities)
+        .bind(&line_orders)
+        .bind(&line_products)
+        .bind(&line_quantities)
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
-async fn set_status(conn: &mut PgConnection, order_id: OrderId, status: ReservationStatus) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1")
-        .bind(order_id.as_uuid())
+async fn set_status(
+    conn: &mut PgConnection,
+    order_ids: &[OrderId],
+    status: ReservationStatus,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = order_ids.iter().map(OrderId::as_uuid).collect();
+    sqlx::query("UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = ANY($1)")
+        .bind(&ids)
         .bind(status.as_str())
         .execute(conn)
         .await?;
@@ -389,37 +518,50 @@ fn corrupt(what: String) -> sqlx::Error {
 }
 
 async fn load_reservation(conn: &mut PgConnection, order_id: OrderId) -> Result<Option<Reservation>, sqlx::Error> {
-    // One round trip: a row per line, or one row without a line.
+    Ok(load_reservations(conn, &[order_id]).await?.remove(&order_id))
+}
+
+/// The reservations of `order_ids` that exist, with their lines, in one round
+/// trip: a row per line, or one row for a reservation without lines.
+async fn load_reservations(
+    conn: &mut PgConnection,
+    order_ids: &[OrderId],
+) -> Result<HashMap<OrderId, Reservation>, sqlx::Error> {
+    let ids: Vec<Uuid> = order_ids.iter().map(OrderId::as_uuid).collect();
     let rows = sqlx::query(
-        "SELECT r.status, r.short_product_ids, l.product_id, l.quantity
+        "SELECT r.order_id, r.status, r.short_product_ids, l.product_id, l.quantity
          FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id
-         WHERE r.order_id = $1 ORDER BY l.product_id",
+         WHERE r.order_id = ANY($1) ORDER BY r.order_id, l.product_id",
     )
-    .bind(order_id.as_uuid())
+    .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let status: String = first.try_get("status")?;
-    let status = ReservationStatus::parse(&status).ok_or_else(|| corrupt(format!("reservation status {status:?}")))?;
-    let short: Vec<Uuid> = first.try_get("short_product_ids")?;
-    let mut lines = Vec::with_capacity(rows.len());
+    let mut found: HashMap<OrderId, Reservation> = HashMap::new();
     for row in &rows {
-        let (Some(product_id), Some(quantity)) =
-            (row.try_get::<Option<Uuid>, _>("product_id")?, row.try_get::<Option<i32>, _>("quantity")?)
-        else {
-            continue;
+        let order_id = OrderId::from_uuid(row.try_get("order_id")?);
+        let reservation = match found.entry(order_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let status: String = row.try_get("status")?;
+                let status = ReservationStatus::parse(&status)
+                    .ok_or_else(|| corrupt(format!("reservation status {status:?}")))?;
+                let short: Vec<Uuid> = row.try_get("short_product_ids")?;
+                e.insert(Reservation {
+                    order_id,
+                    status,
+                    lines: Vec::new(),
+                    short_product_ids: short.into_iter().map(ProductId::from_uuid).collect(),
+                })
+            }
         };
-        lines.push(Line {
-            product_id: ProductId::from_uuid(product_id),
-            quantity: Quantity::parse("quantity", quantity).map_err(|e| corrupt(e.to_string()))?,
-        });
+        if let (Some(product_id), Some(quantity)) =
+            (row.try_get::<Option<Uuid>, _>("product_id")?, row.try_get::<Option<i32>, _>("quantity")?)
+        {
+            reservation.lines.push(Line {
+                product_id: ProductId::from_uuid(product_id),
+                quantity: Quantity::parse("quantity", quantity).map_err(|e| corrupt(e.to_string()))?,
+            });
+        }
     }
-    Ok(Some(Reservation {
-        order_id,
-        status,
-        lines,
-        short_product_ids: short.into_iter().map(ProductId::from_uuid).collect(),
-    }))
+    Ok(found)
 }

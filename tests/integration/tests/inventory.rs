@@ -19,7 +19,7 @@ use shopmesh_inventory::domain::{
 use shopmesh_inventory::events::OrderContext;
 use shopmesh_inventory::pb::inventory_service_client::InventoryServiceClient;
 use shopmesh_inventory::pb::{GetStockRequest, ReserveStockRequest, SetStockRequest};
-use shopmesh_inventory::store::{SetStockError, Store};
+use shopmesh_inventory::store::{ReserveRequest, SetStockError, Store};
 use shopmesh_platform::events::DomainEvent;
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money;
@@ -340,6 +340,85 @@ async fn grpc_get_stock_is_public_and_admin_rpcs_need_a_token() {
     assert_eq!(level(&store, p).await.on_hand, 12);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_reservations_decides_each_order_in_turn() {
+    let env = TestEnv::new();
+    let (store, pool) = store(&env).await;
+    let (p, q) = (product(), product());
+    set(&store, p, 5).await;
+    set(&store, q, 1).await;
+    let earlier = order();
+    store.reserve(earlier, &lines(&[(q, 1)])).await.unwrap();
+    let (a, b, c) = (order(), order(), order());
+    let (two_p, two_p_one_q) = (lines(&[(p, 2)]), lines(&[(p, 2), (q, 1)]));
+    let context = OrderContext { user_id: "user-1".into(), payment_token: "tok_visa".into(), ..Default::default() };
+    let span = tracing::Span::none();
+    let request = |order_id, lines| ReserveRequest { order_id, lines, order: Some(&context), span: &span };
+
+    let mut tx = pool.begin().await.unwrap();
+    let done = store
+        .reserve_all_in(
+            &mut tx,
+            &[
+                request(a, &two_p),
+                request(earlier, &two_p),
+                request(b, &two_p),
+                request(a, &two_p_one_q),
+                request(c, &two_p_one_q),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let statuses: Vec<ReservationStatus> = done.iter().map(|r| r.status).collect();
+    use ReservationStatus::*;
+    // a and b fit; c finds one unit of p left and q held by `earlier`. An
+    // order reserved before (`earlier`) or earlier in the set (a) is answered
+    // with what it already has.
+    assert_eq!(statuses, [Reserved, Reserved, Reserved, Reserved, Rejected]);
+    assert_eq!(done[3], done[0], "a's second request gets a's reservation");
+    assert_eq!(done[1].lines, lines(&[(q, 1)]).lines(), "earlier keeps its own lines");
+    let mut short = done[4].short_product_ids.clone();
+    short.sort();
+    assert_eq!(short, {
+        let mut both = vec![p, q];
+        both.sort();
+        both
+    });
+    assert_eq!(level(&store, p).await, StockLevel { on_hand: 5, reserved: 4, low_stock_threshold: 5 });
+    assert_eq!(level(&store, q).await.reserved, 1);
+    let reserved: Vec<String> = outboxed::<ev::StockReserved>(&pool).await.into_iter().map(|e| e.order_id).collect();
+    assert_eq!(reserved, [a.to_string(), b.to_string()], "one outcome per new reservation, in order");
+    let failed = outboxed::<ev::StockReservationFailed>(&pool).await;
+    assert_eq!(failed.iter().map(|e| e.order_id.clone()).collect::<Vec<_>>(), [c.to_string()]);
+    for o in [a, b, c] {
+        assert_eq!(store.get_reservation(o).await.unwrap().as_ref(), done.iter().find(|r| r.order_id == o));
+    }
+
+    // Committing as a set: each order gets its own step; only the held ones ship.
+    let unknown = order();
+    let mut tx = pool.begin().await.unwrap();
+    let outcomes = store
+        .commit_all_in(&mut tx, &[(a, &span), (c, &span), (b, &span), (unknown, &span), (a, &span)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let steps: Vec<CommitStep> = outcomes.iter().map(|o| o.step).collect();
+    assert_eq!(
+        steps,
+        [
+            CommitStep::Commit,
+            CommitStep::Refuse(Rejected),
+            CommitStep::Commit,
+            CommitStep::NotFound,
+            CommitStep::AlreadyCommitted
+        ]
+    );
+    assert_eq!(level(&store, p).await, StockLevel { on_hand: 1, reserved: 0, low_stock_threshold: 5 });
+    let committed: Vec<String> = outboxed::<ev::StockCommitted>(&pool).await.into_iter().map(|e| e.order_id).collect();
+    assert_eq!(committed, [a.to_string(), b.to_string()]);
+}
+
 async fn wait_status(store: &Store, o: OrderId, status: ReservationStatus) {
     eventually(&format!("order {o} {}", status.as_str()), Duration::from_secs(30), || async move {
         let r = store.get_reservation(o).await.ok()??;
@@ -454,4 +533,62 @@ async fn saga_events_reserve_commit_release_and_restock() {
     assert_eq!(r.status, ReservationStatus::Released);
     assert!(r.lines.is_empty());
     assert_eq!(level(&store, p).await.reserved, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_order_events_settles_as_one_by_one_would() {
+    let env = TestEnv::new();
+    let stop = env.shutdown.child();
+    let running = env.launch_stoppable(&shopmesh_inventory::SERVICE, stop.clone()).await;
+    let (store, pool) = store(&env).await;
+    let (p, plenty, warm_up) = (product(), product(), product());
+    set(&store, p, 2).await;
+    set(&store, plenty, 10).await;
+    set(&store, warm_up, 1).await;
+    let created = |o: OrderId, product: ProductId| {
+        let line = ev::OrderLine { product_id: product.to_string(), quantity: 1, ..Default::default() };
+        ev::OrderCreated { order_id: o.to_string(), lines: vec![line], ..Default::default() }
+    };
+    // The first instance has joined its group and is consuming (a stop
+    // mid-join can leave Tansu's group waiting on the departed member)…
+    let first = order();
+    publish_event(&env.kafka(), "order", &created(first, warm_up)).await;
+    wait_status(&store, first, ReservationStatus::Reserved).await;
+    // …then it is down while two orders arrive and are confirmed, and four
+    // more compete for two units, so on restart all come as one backlog.
+    stop.trigger();
+    running.task.await.unwrap().unwrap();
+    let confirmed: Vec<OrderId> = (0..2).map(|_| order()).collect();
+    let competing: Vec<OrderId> = (0..4).map(|_| order()).collect();
+    for o in &confirmed {
+        publish_event(&env.kafka(), "order", &created(*o, plenty)).await;
+    }
+    for o in &competing {
+        publish_event(&env.kafka(), "order", &created(*o, p)).await;
+    }
+    for o in &confirmed {
+        publish_event(&env.kafka(), "order", &ev::OrderConfirmed { order_id: o.to_string(), ..Default::default() })
+            .await;
+    }
+    let _restarted = env.launch(&shopmesh_inventory::SERVICE).await;
+    for o in &confirmed {
+        wait_status(&store, *o, ReservationStatus::Committed).await;
+    }
+    let mut statuses = Vec::new();
+    for o in &competing {
+        let settled = eventually("a reservation", Duration::from_secs(30), || async {
+            store.get_reservation(*o).await.unwrap().map(|r| r.status)
+        })
+        .await;
+        statuses.push(settled);
+    }
+    statuses.sort_by_key(|s| s.as_str());
+    // Two units for four orders: which two get them depends on partition order.
+    use ReservationStatus::*;
+    assert_eq!(statuses, [Rejected, Rejected, Reserved, Reserved]);
+    assert_eq!(level(&store, p).await, StockLevel { on_hand: 2, reserved: 2, low_stock_threshold: 5 });
+    assert_eq!(level(&store, plenty).await, StockLevel { on_hand: 8, reserved: 0, low_stock_threshold: 5 });
+    assert_eq!(outboxed::<ev::StockReserved>(&pool).await.len(), 5, "the warm-up, two confirmed, two competing");
+    assert_eq!(outboxed::<ev::StockReservationFailed>(&pool).await.len(), 2);
+    assert_eq!(outboxed::<ev::StockCommitted>(&pool).await.len(), 2);
 }
