@@ -1,10 +1,11 @@
 //! Postgres: pool, embedded migrations (the platform's outbox/inbox tables,
 //! then the service's own), and database creation for dev and tests.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// Bookkeeping table for the platform's migrations, kept apart from the
 /// service's `_sqlx_migrations` so both number their files from 1.
@@ -17,7 +18,17 @@ fn platform_migrator() -> Migrator {
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect(url).await
+    connect_with(url, max_connections, &[]).await
+}
+
+/// Like [`connect`], with `settings` (name, value) applied to every session.
+pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &str)]) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.options(settings.iter().copied());
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
 }
 
 /// Runs the platform's migrations, then the service's.

@@ -34,6 +34,8 @@ pub struct ServiceSpec {
     pub migrator: Option<&'static Migrator>,
     /// Logical topics it publishes or consumes (created if missing).
     pub topics: &'static [&'static str],
+    /// Postgres settings for every connection of its pool, as (name, value).
+    pub db_settings: &'static [(&'static str, &'static str)],
 }
 
 /// Builds a service's gRPC routes (and registers its consumers/tasks) on a started runtime.
@@ -87,7 +89,7 @@ impl ServiceRuntime {
 
         let db = match &config.database_url {
             Some(url) if spec.needs.postgres => {
-                let pool = crate::db::connect(url, config.db_max_connections)
+                let pool = crate::db::connect_with(url, config.db_max_connections, spec.db_settings)
                     .await
                     .with_context(|| format!("{name}: connecting to postgres"))?;
                 crate::db::migrate(&pool, spec.migrator)

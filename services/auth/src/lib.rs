@@ -39,6 +39,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
         descriptor_sets: &[pb::DESCRIPTOR_SET],
         migrator: Some(&MIGRATOR),
         topics: &[topics::USER],
+        db_settings: &[],
     },
     build: build_boxed,
 };

@@ -37,6 +37,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
         descriptor_sets: &[pb::DESCRIPTOR_SET],
         migrator: Some(&MIGRATOR),
         topics: &[topics::ORDER],
+        db_settings: &[],
     },
     build: build_boxed,
 };

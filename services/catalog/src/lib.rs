@@ -34,6 +34,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
         descriptor_sets: &[pb::DESCRIPTOR_SET],
         migrator: Some(&MIGRATOR),
         topics: &[topics::PRODUCT],
+        db_settings: &[],
     },
     build: build_boxed,
 };

@@ -35,6 +35,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
         descriptor_sets: &[pb::DESCRIPTOR_SET],
         migrator: Some(&MIGRATOR),
         topics: &[topics::ORDER, topics::INVENTORY, topics::PAYMENT],
+        db_settings: &[],
     },
     build: build_boxed,
 };

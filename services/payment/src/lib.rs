@@ -33,6 +33,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
         descriptor_sets: &[pb::DESCRIPTOR_SET],
         migrator: Some(&MIGRATOR),
         topics: &[topics::INVENTORY, topics::ORDER, topics::PAYMENT],
+        db_settings: &[],
     },
     build: build_boxed,
 };

@@ -30,6 +30,7 @@ static PROBE: ServiceDef = ServiceDef {
         descriptor_sets: &[],
         migrator: None,
         topics: &[topics::USER],
+        db_settings: &[],
     },
     build: |_rt: &mut ServiceRuntime| Box::pin(async { Ok(tonic::service::Routes::default()) }),
 };
@@ -134,6 +135,26 @@ async fn platform_database(env: &TestEnv, name: &str, connections: u32) -> sqlx:
     let pool = shopmesh_platform::db::connect(&url, connections).await.unwrap();
     shopmesh_platform::db::migrate(&pool, None).await.unwrap();
     pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_database_settings_hold_on_every_connection() {
+    let env = TestEnv::new();
+    let url = env.database_url("settings").await;
+    let settings = shopmesh_order::SERVICE.spec.db_settings;
+    assert!(settings.contains(&("plan_cache_mode", "force_generic_plan")));
+    let pool = shopmesh_platform::db::connect_with(&url, 3, settings).await.unwrap();
+    // Three sessions at once, so each is a connection of its own.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = pool.acquire().await.unwrap();
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(mode, "force_generic_plan");
+        held.push(conn);
+    }
+    let plain = shopmesh_platform::db::connect(&url, 1).await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&plain).await.unwrap();
+    assert_eq!(mode, "auto", "other services keep Postgres' default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
