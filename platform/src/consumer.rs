@@ -91,16 +91,16 @@ enum Step<T> {
 /// event, then every second one, … — and within a wave the events of a type
 /// the handler applies as a set are gathered into one step. Without such
 /// types the batch keeps its order exactly.
-fn plan<T: Copy>(
+fn plan<'a, T: Copy>(
     events: &[T],
-    aggregate: impl Fn(T) -> String,
-    kind: impl Fn(T) -> String,
+    aggregate: impl Fn(T) -> &'a str,
+    kind: impl Fn(T) -> &'a str,
     as_set: impl Fn(&str) -> bool,
 ) -> Vec<Step<T>> {
-    if !events.iter().any(|&e| as_set(&kind(e))) {
+    if !events.iter().any(|&e| as_set(kind(e))) {
         return events.iter().map(|&e| Step::One(e)).collect();
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut waves: Vec<Vec<T>> = Vec::new();
     for &e in events {
         let n = seen.entry(aggregate(e)).or_default();
@@ -113,14 +113,14 @@ fn plan<T: Copy>(
     let mut steps = Vec::with_capacity(events.len());
     for wave in waves {
         // Type → index of its set step, placed where its first event was.
-        let mut sets: HashMap<String, usize> = HashMap::new();
+        let mut sets: HashMap<&str, usize> = HashMap::new();
         for e in wave {
             let k = kind(e);
-            if !as_set(&k) {
+            if !as_set(k) {
                 steps.push(Step::One(e));
                 continue;
             }
-            match sets.get(&k) {
+            match sets.get(k) {
                 Some(&i) => match &mut steps[i] {
                     Step::Set(members) => members.push(e),
                     Step::One(_) => unreachable!("set indices point at sets"),
@@ -280,8 +280,8 @@ impl EventConsumer {
         }
         let steps = plan(
             &to_apply,
-            |i| events[i].envelope.aggregate_id.clone(),
-            |i| events[i].event_type().to_owned(),
+            |i| events[i].envelope.aggregate_id.as_str(),
+            |i| events[i].event_type(),
             |kind| self.handler.applies_as_set(kind),
         );
         for step in steps {
@@ -485,7 +485,7 @@ mod tests {
     /// (aggregate, type) per event; steps name events by index.
     fn planned(events: &[(&str, &str)], set_types: &[&str]) -> Vec<Step<usize>> {
         let idx: Vec<usize> = (0..events.len()).collect();
-        plan(&idx, |i| events[i].0.to_owned(), |i| events[i].1.to_owned(), |k| set_types.contains(&k))
+        plan(&idx, |i| events[i].0, |i| events[i].1, |k| set_types.contains(&k))
     }
 
     #[test]
