@@ -22,7 +22,7 @@ use sqlx::PgConnection;
 use tracing::Instrument;
 
 use crate::domain::{
-    CommitStep, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
+    CommitStep, Invalid, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
 };
 use crate::store::{CommitOutcome, ReserveRequest, Store};
 
@@ -88,21 +88,16 @@ fn order_id(raw: &str) -> Result<OrderId, HandlerError> {
 }
 
 impl SagaHandler {
-    async fn order_created(&self, tx: &mut PgConnection, created: ev::OrderCreated) -> Result<(), HandlerError> {
-        let order_id = order_id(&created.order_id)?;
-        let raw: Vec<(&str, i32)> = created.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
-        let lines = match ReservationLines::parse(&raw) {
-            Ok(lines) => lines,
-            Err(invalid) => {
-                // Retrying won't fix the lines; answer so the order is cancelled.
-                let r = self.store.reject_in(tx, order_id, &format!("invalid order lines: {invalid}")).await?;
-                tracing::warn!(%order_id, %invalid, status = r.status.as_str(), "OrderCreated with invalid lines");
-                return Ok(());
-            }
-        };
-        let context = OrderContext::from(created);
-        let r = self.store.reserve_in(tx, order_id, &lines, Some(&context)).await?;
-        tracing::info!(%order_id, status = r.status.as_str(), short = r.short_product_ids.len(), "reservation for OrderCreated");
+    /// Answers an OrderCreated whose lines can never be reserved.
+    async fn reject_invalid(
+        &self,
+        tx: &mut PgConnection,
+        order_id: OrderId,
+        invalid: &Invalid,
+    ) -> Result<(), HandlerError> {
+        // Retrying won't fix the lines; answer so the order is cancelled.
+        let r = self.store.reject_in(tx, order_id, &format!("invalid order lines: {invalid}")).await?;
+        tracing::warn!(%order_id, %invalid, status = r.status.as_str(), "OrderCreated with invalid lines");
         Ok(())
     }
 
@@ -119,32 +114,7 @@ impl SagaHandler {
         Ok(())
     }
 
-    async fn order_confirmed(&self, tx: &mut PgConnection, confirmed: ev::OrderConfirmed) -> Result<(), HandlerError> {
-        let order_id = order_id(&confirmed.order_id)?;
-        let outcome = self.store.commit_in(tx, order_id).await?;
-        committed_or_error(order_id, &outcome)
-    }
-}
-
-/// Whether a commit for OrderConfirmed did what the saga expects.
-fn committed_or_error(order_id: OrderId, outcome: &CommitOutcome) -> Result<(), HandlerError> {
-    match outcome.step {
-        CommitStep::Commit | CommitStep::AlreadyCommitted => {
-            tracing::info!(%order_id, step = ?outcome.step, "reservation committed");
-            Ok(())
-        }
-        // A confirmed order whose stock isn't held is an inconsistency for an
-        // operator; the DLQ records it.
-        CommitStep::NotFound => Err(HandlerError::Permanent(format!("order {order_id} confirmed but never reserved"))),
-        CommitStep::Refuse(status) => Err(HandlerError::Permanent(format!(
-            "order {order_id} confirmed but its reservation is {}",
-            status.as_str()
-        ))),
-    }
-}
-
-impl SagaHandler {
-    /// Many OrderCreated at once: one reservation pass for all valid ones.
+    /// One or many OrderCreated: one reservation pass for all valid ones.
     async fn orders_created(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
         let mut valid = Vec::with_capacity(set.len());
         for c in set {
@@ -153,8 +123,7 @@ impl SagaHandler {
             let raw: Vec<(&str, i32)> = created.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
             match ReservationLines::parse(&raw) {
                 Ok(lines) => valid.push((order_id, lines, OrderContext::from(created), &c.span)),
-                // Rare: the one-by-one path answers it.
-                Err(_) => self.order_created(tx, created).instrument(c.span.clone()).await?,
+                Err(invalid) => self.reject_invalid(tx, order_id, &invalid).instrument(c.span.clone()).await?,
             }
         }
         let requests: Vec<ReserveRequest<'_>> = valid
@@ -173,7 +142,7 @@ impl SagaHandler {
         Ok(())
     }
 
-    /// Many OrderConfirmed at once: one commit pass.
+    /// One or many OrderConfirmed: one commit pass.
     async fn orders_confirmed(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
         let mut orders = Vec::with_capacity(set.len());
         for c in set {
@@ -185,6 +154,23 @@ impl SagaHandler {
             committed_or_error(*order_id, outcome)?;
         }
         Ok(())
+    }
+}
+
+/// Whether a commit for OrderConfirmed did what the saga expects.
+fn committed_or_error(order_id: OrderId, outcome: &CommitOutcome) -> Result<(), HandlerError> {
+    match outcome.step {
+        CommitStep::Commit | CommitStep::AlreadyCommitted => {
+            tracing::info!(%order_id, step = ?outcome.step, "reservation committed");
+            Ok(())
+        }
+        // A confirmed order whose stock isn't held is an inconsistency for an
+        // operator; the DLQ records it.
+        CommitStep::NotFound => Err(HandlerError::Permanent(format!("order {order_id} confirmed but never reserved"))),
+        CommitStep::Refuse(status) => Err(HandlerError::Permanent(format!(
+            "order {order_id} confirmed but its reservation is {}",
+            status.as_str()
+        ))),
     }
 }
 
@@ -208,8 +194,10 @@ impl EventHandler for SagaHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        // One event is a set of one; it runs inside its consume span.
+        let alone = || [Consumed { event, span: tracing::Span::current() }];
         if event.is::<ev::OrderCreated>() {
-            self.order_created(tx, event.payload()?).await
+            self.orders_created(tx, &alone()).await
         } else if event.is::<ev::PaymentDeclined>() {
             let declined: ev::PaymentDeclined = event.payload()?;
             self.release(tx, &declined.order_id, ReleaseMode::KeepCommitted).await
@@ -217,7 +205,7 @@ impl EventHandler for SagaHandler {
             let cancelled: ev::OrderCancelled = event.payload()?;
             self.release(tx, &cancelled.order_id, ReleaseMode::RestockCommitted).await
         } else if event.is::<ev::OrderConfirmed>() {
-            self.order_confirmed(tx, event.payload()?).await
+            self.orders_confirmed(tx, &alone()).await
         } else {
             Ok(())
         }
