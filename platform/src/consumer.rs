@@ -203,18 +203,16 @@ impl EventConsumer {
             }
             let enqueued_before = outbox.enqueued();
             let done = self.process_batch(&pool, &kafka, &batch, &shutdown).await;
+            // Stored offsets are committed in the background (commit_interval).
             for msg in &batch[..done] {
                 // Stores offset + 1, like store_offset_from_message.
                 if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
                     tracing::warn!(error = %e, "storing offset failed");
                 }
             }
-            if done > 0 {
-                // Moved by other tasks too: at worst one extra relay pass.
-                if outbox.enqueued() != enqueued_before {
-                    outbox.committed();
-                }
-                let _ = consumer.commit_consumer_state(CommitMode::Async);
+            // Moved by other tasks too: at worst one extra relay pass.
+            if done > 0 && outbox.enqueued() != enqueued_before {
+                outbox.committed();
             }
             if done < batch.len() {
                 break; // shutdown interrupted a retry: the rest is redelivered

@@ -158,14 +158,16 @@ impl Kafka {
         Ok(())
     }
 
-    /// A consumer in group `group` (prefixed) subscribed to `logical` topics,
-    /// committing manually after each processed message.
+    /// A consumer in group `group` (prefixed) subscribed to `logical` topics.
+    /// Only offsets the caller stored (of applied messages) are committed:
+    /// every `commit_interval`, on rebalance and on close.
     pub fn consumer(&self, group: &str, logical: &[&str]) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
         let group_id = self.config.group(group);
         let c: GroupConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", &group_id)
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", self.config.commit_interval.as_millis().to_string())
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.config.session_timeout.as_millis().to_string())
