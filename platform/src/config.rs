@@ -212,6 +212,12 @@ pub struct KafkaConfig {
     /// up to it to each hop of the saga (librdkafka's 500 ms default measured
     /// p50 580 ms checkout→final at 100 orders/s; 20 ms measured 130 ms).
     pub fetch_wait: Duration,
+    /// The fetch wait of consumers nobody is waiting on ([`Pace::Relaxed`]):
+    /// each held fetch costs the broker as much as a busy one, and Tansu
+    /// holds them all, so fewer fetches is less broker CPU.
+    ///
+    /// [`Pace::Relaxed`]: crate::kafka::Pace::Relaxed
+    pub relaxed_fetch_wait: Duration,
     /// How often a consumer commits the offsets of what it has applied. A
     /// crash replays at most this much, which the inbox absorbs; committing
     /// after every batch cost a broker round trip per batch.
@@ -276,6 +282,7 @@ impl ServiceConfig {
                 outbox_max_backoff: s.millis_or("OUTBOX_MAX_BACKOFF_MS", Duration::from_secs(30))?,
                 consumer_batch: s.parse_or("KAFKA_CONSUMER_BATCH", 128usize)?.max(1),
                 fetch_wait: s.millis_or("KAFKA_FETCH_WAIT_MS", Duration::from_millis(25))?,
+                relaxed_fetch_wait: s.millis_or("KAFKA_RELAXED_FETCH_WAIT_MS", Duration::from_millis(250))?,
                 commit_interval: s.millis_or("KAFKA_COMMIT_INTERVAL_MS", Duration::from_millis(1_000))?,
             })
         } else {

@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::events::{EventDecodeError, ReceivedEvent};
-use crate::kafka::{Kafka, topics};
+use crate::kafka::{Kafka, Pace, topics};
 use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
 
@@ -147,6 +147,7 @@ pub struct EventConsumer {
     pub name: String,
     pub topics: Vec<&'static str>,
     pub handler: Arc<dyn EventHandler>,
+    pub pace: Pace,
 }
 
 enum Outcome {
@@ -164,7 +165,7 @@ impl EventConsumer {
     /// publish, like cart's or notification's, never wake it).
     pub async fn run(self, pool: PgPool, kafka: Kafka, outbox: Outbox, shutdown: Shutdown) {
         let consumer = loop {
-            match kafka.consumer(&self.name, &self.topics) {
+            match kafka.consumer(&self.name, &self.topics, self.pace) {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::error!(consumer = %self.name, error = %e, "creating consumer failed; retrying");

@@ -76,6 +76,19 @@ impl ConsumerContext for GroupLogging {
 
 pub type GroupConsumer = StreamConsumer<GroupLogging>;
 
+/// How soon a consumer must see a new event. Kafka answers a fetch as soon
+/// as data arrives, so there both paces are equally prompt; Tansu holds each
+/// fetch to its wait bound, so there the pace trades latency for broker CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Someone waits on the effect: a saga step, a profile read back after
+    /// sign-up, a cache a price change must reach (`fetch_wait`).
+    Prompt,
+    /// Follow-up work nobody waits on, e.g. clearing a cart after its order
+    /// was confirmed or recording a notification (`relaxed_fetch_wait`).
+    Relaxed,
+}
+
 /// A cheap-to-clone handle: config plus one shared producer.
 #[derive(Clone)]
 pub struct Kafka {
@@ -161,8 +174,17 @@ impl Kafka {
     /// A consumer in group `group` (prefixed) subscribed to `logical` topics.
     /// Only offsets the caller stored (of applied messages) are committed:
     /// every `commit_interval`, on rebalance and on close.
-    pub fn consumer(&self, group: &str, logical: &[&str]) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
+    pub fn consumer(
+        &self,
+        group: &str,
+        logical: &[&str],
+        pace: Pace,
+    ) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
         let group_id = self.config.group(group);
+        let fetch_wait = match pace {
+            Pace::Prompt => self.config.fetch_wait,
+            Pace::Relaxed => self.config.relaxed_fetch_wait,
+        };
         let c: GroupConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", &group_id)
@@ -174,7 +196,7 @@ impl Kafka {
             .set("heartbeat.interval.ms", self.config.heartbeat_interval.as_millis().to_string())
             .set("max.poll.interval.ms", self.config.max_poll_interval.as_millis().to_string())
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", self.config.fetch_wait.as_millis().to_string())
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
             .set("statistics.interval.ms", "10000")
             .create_with_context(GroupLogging { group: group_id })?;
         let names: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();

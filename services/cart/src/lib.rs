@@ -11,7 +11,7 @@ use shopmesh_catalog::cache::Breaker;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
 use shopmesh_platform::grpc::{TracePropagation, channel};
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::money::Currency;
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
@@ -66,6 +66,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER],
         handler: Arc::new(events::CheckoutClearer { cache: cache.clone() }),
+        pace: Pace::Relaxed,
     });
     let api = grpc::CartApi { pool: rt.pool().clone(), cache, catalog, default_currency };
     Ok(Routes::new(pb::cart_service_server::CartServiceServer::new(api)))

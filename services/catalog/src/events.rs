@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use rdkafka::Message as _;
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
-use shopmesh_platform::kafka::{Kafka, topics};
+use shopmesh_platform::kafka::{Kafka, Pace, topics};
 use shopmesh_platform::pb::events::v1::{PriceChanged, ProductCreated, ProductUpdated};
 use shopmesh_platform::shutdown::Shutdown;
 use uuid::Uuid;
@@ -60,7 +60,7 @@ impl CacheInvalidator {
     pub async fn run(self) {
         let group = Self::group();
         let consumer = loop {
-            match self.kafka.consumer(&group, &[topics::PRODUCT]) {
+            match self.kafka.consumer(&group, &[topics::PRODUCT], Pace::Prompt) {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::error!(error = %e, "creating cache-invalidation consumer failed; retrying");

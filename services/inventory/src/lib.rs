@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -54,6 +54,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER, topics::PAYMENT],
         handler: Arc::new(events::SagaHandler { store: store.clone() }),
+        pace: Pace::Prompt,
     });
     Ok(Routes::new(pb::inventory_service_server::InventoryServiceServer::new(grpc::InventoryApi { store })))
 }

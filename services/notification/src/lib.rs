@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -44,6 +44,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER, topics::PAYMENT],
         handler: Arc::new(events::Notifier),
+        pace: Pace::Relaxed,
     });
     let api = grpc::NotificationApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::notification_service_server::NotificationServiceServer::new(api)))

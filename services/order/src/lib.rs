@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
 use shopmesh_platform::grpc::{TracePropagation, channel};
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -59,6 +59,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: "order".into(),
         topics: vec![topics::INVENTORY, topics::PAYMENT],
         handler: Arc::new(events::SagaHandler { outbox: outbox.clone() }),
+        pace: Pace::Prompt,
     });
     let (pool, stop) = (rt.pool().clone(), rt.shutdown().clone());
     rt.spawn_task(events::run_sweeper(pool, outbox.clone(), sweep, stop));

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -56,6 +56,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],
         handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone(), journal_pool }),
+        pace: Pace::Prompt,
     });
     let api = grpc::PaymentApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::payment_service_server::PaymentServiceServer::new(api)))

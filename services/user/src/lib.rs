@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::EventConsumer;
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
 use tonic::service::Routes;
 
@@ -45,6 +45,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::USER],
         handler: Arc::new(events::ProfileCreator),
+        pace: Pace::Prompt,
     });
     let api = grpc::UserApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::user_service_server::UserServiceServer::new(api)))

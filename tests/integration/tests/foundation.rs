@@ -13,7 +13,7 @@ use shopmesh_integration_tests::{TestEnv, drain, eventually};
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
 use shopmesh_platform::events::ReceivedEvent;
-use shopmesh_platform::kafka::topics;
+use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::outbox::{Outbox, OutboxRelay, RelayConfig};
 use shopmesh_platform::pb::events::v1::UserRegistered;
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
@@ -217,7 +217,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 
     // The consumer sees the event twice and applies it once.
     let handler = Arc::new(CountingHandler);
-    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler };
+    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
     tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
     eventually("sentinel applied", Duration::from_secs(30), || {
         let pool = pool.clone();
