@@ -263,6 +263,13 @@ impl EventConsumer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let wanted: Vec<&ReceivedEvent> = events.iter().filter(|e| self.handler.wants(e.event_type())).collect();
+        if wanted.is_empty() {
+            // Another service's events on a shared topic: no transaction to open.
+            for event in &events {
+                self.count(event, &Outcome::Skipped, Duration::ZERO);
+            }
+            return Ok(());
+        }
         let mut tx = pool.begin().await?;
         let mut fresh = crate::inbox::record_all(&mut tx, &self.name, &wanted).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
