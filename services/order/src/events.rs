@@ -51,9 +51,9 @@ pub async fn advance(
     let order_id = order.id.to_string();
     match decide(order.status, input) {
         Transition::Confirm => {
-            store::set_status(conn, id, OrderStatus::Confirmed, None, true).await?;
-            store::append_history(conn, id, OrderStatus::Confirmed, None, "payment captured").await?;
-            let lines = store::load_lines(conn, id).await?;
+            let confirmed =
+                store::Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
+            let lines = store::apply_change_returning_lines(conn, id, &confirmed).await?;
             let event = ev::OrderConfirmed {
                 order_id,
                 user_id: order.user_id.clone(),
@@ -65,8 +65,9 @@ pub async fn advance(
             Ok(Some(OrderStatus::Confirmed))
         }
         Transition::Cancel { reason } => {
-            store::set_status(conn, id, OrderStatus::Cancelled, Some(reason), order.paid).await?;
-            store::append_history(conn, id, OrderStatus::Cancelled, Some(reason), "").await?;
+            let cancelled =
+                store::Change { status: OrderStatus::Cancelled, reason: Some(reason), paid: order.paid, note: "" };
+            store::apply_change(conn, id, &cancelled).await?;
             let event = ev::OrderCancelled {
                 order_id,
                 user_id: order.user_id.clone(),
@@ -80,8 +81,7 @@ pub async fn advance(
             Ok(Some(OrderStatus::Cancelled))
         }
         Transition::Note { note, paid } => {
-            store::set_paid(conn, id, paid).await?;
-            store::append_history(conn, id, order.status, None, note).await?;
+            store::apply_change(conn, id, &store::Change { status: order.status, reason: None, paid, note }).await?;
             Ok(Some(order.status))
         }
         Transition::Ignore => Ok(Some(order.status)),

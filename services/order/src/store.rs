@@ -154,14 +154,25 @@ pub async fn delete_expired_idempotency_keys(pool: &PgPool) -> Result<u64, sqlx:
         .rows_affected())
 }
 
-/// Inserts a PENDING order with its lines and first history entry.
-/// Writes a new PENDING order with its lines and first history entry, and
-/// returns it as stored (so the caller need not read it back).
+/// Writes a new PENDING order with its lines and first history entry (one
+/// statement: each round trip costs the database as much as its work), and
+/// returns it as stored, so the caller need not read it back.
 pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<OrderRecord, sqlx::Error> {
     const PLACED: &str = "order placed";
+    let lines = order.lines;
     let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code, created_at, updated_at)
-         VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, now(), now()) RETURNING created_at",
+        "WITH placed AS (
+             INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code,
+                                 created_at, updated_at)
+             VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, now(), now()) RETURNING created_at
+         ), lines AS (
+             INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
+             SELECT $1, l.* FROM UNNEST($7::int[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[])
+                 AS l(line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
+         ), history AS (
+             INSERT INTO order_status_history (order_id, status, note) VALUES ($1, 'PENDING', $14)
+         )
+         SELECT created_at FROM placed",
     )
     .bind(order.id)
     .bind(order.user_id)
@@ -169,15 +180,6 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
     .bind(order.total.amount_minor)
     .bind(address_to_json(order.shipping_address))
     .bind(order.coupon_code)
-    .fetch_one(&mut *conn)
-    .await?;
-    let lines = order.lines;
-    sqlx::query(
-        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
-         SELECT $1, l.* FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[])
-             AS l(line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)",
-    )
-    .bind(order.id)
     .bind((1..=lines.len() as i32).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.product_id.as_str()).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.sku.as_str()).collect::<Vec<_>>())
@@ -185,9 +187,9 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
     .bind(lines.iter().map(|l| l.unit_price.currency.as_str()).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
-    .execute(&mut *conn)
+    .bind(PLACED)
+    .fetch_one(&mut *conn)
     .await?;
-    append_history(conn, order.id, OrderStatus::Pending, None, PLACED).await?;
     // now() is the transaction's start, so the history row carries created_at too.
     Ok(OrderRecord {
         id: order.id,
@@ -208,23 +210,6 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
             changed_at: created_at,
         }],
     })
-}
-
-pub async fn append_history(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    status: OrderStatus,
-    reason: Option<CancelReason>,
-    note: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO order_status_history (order_id, status, reason, note) VALUES ($1, $2, $3, $4)")
-        .bind(order_id)
-        .bind(status.as_str())
-        .bind(reason.map(CancelReason::as_str))
-        .bind(note)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// The order's current state, row-locked until the transaction ends.
@@ -254,30 +239,62 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
     }))
 }
 
-pub async fn set_status(
-    conn: &mut PgConnection,
+/// A change of a locked order: its new status and paid flag, and the
+/// history row that records it.
+pub struct Change<'a> {
+    pub status: OrderStatus,
+    /// Set on cancelling; `None` keeps the order's reason (a note on a
+    /// cancelled order leaves it cancelled for the same reason).
+    pub reason: Option<CancelReason>,
+    pub paid: bool,
+    pub note: &'a str,
+}
+
+/// The order row update and its history row, as one statement's CTEs.
+macro_rules! change_cte {
+    () => {
+        "WITH changed AS (
+             UPDATE orders SET status = $2, cancel_reason = coalesce($3, cancel_reason), paid = $4, updated_at = now()
+             WHERE id = $1
+         ), history AS (
+             INSERT INTO order_status_history (order_id, status, reason, note) VALUES ($1, $2, $3, $5)
+         ) "
+    };
+}
+
+fn bind_change<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
-    status: OrderStatus,
-    reason: Option<CancelReason>,
-    paid: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, cancel_reason = $3, paid = $4, updated_at = now() WHERE id = $1")
+    change: &Change<'q>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
         .bind(id)
-        .bind(status.as_str())
-        .bind(reason.map(CancelReason::as_str))
-        .bind(paid)
-        .execute(conn)
-        .await?;
+        .bind(change.status.as_str())
+        .bind(change.reason.map(CancelReason::as_str))
+        .bind(change.paid)
+        .bind(change.note)
+}
+
+/// Applies `change` to order `id` in one round trip.
+pub async fn apply_change(conn: &mut PgConnection, id: Uuid, change: &Change<'_>) -> Result<(), sqlx::Error> {
+    bind_change(sqlx::query(concat!(change_cte!(), "SELECT 1")), id, change).execute(conn).await?;
     Ok(())
 }
 
-pub async fn set_paid(conn: &mut PgConnection, id: Uuid, paid: bool) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET paid = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(paid)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// [`apply_change`] that also returns the order's lines, in the order they
+/// were written (a confirmation carries them), still in one round trip.
+pub async fn apply_change_returning_lines(
+    conn: &mut PgConnection,
+    id: Uuid,
+    change: &Change<'_>,
+) -> Result<Vec<OrderLine>, sqlx::Error> {
+    let query = sqlx::query(concat!(
+        change_cte!(),
+        "SELECT product_id, sku, name, currency_code, unit_price_minor, quantity
+         FROM order_lines WHERE order_id = $1 ORDER BY line_no"
+    ));
+    let rows = bind_change(query, id, change).fetch_all(conn).await?;
+    Ok(rows.iter().map(line_from_row).collect())
 }
 
 /// PENDING orders older than `cutoff`, locked; replicas skip each other's.
@@ -300,26 +317,40 @@ fn money(currency: &str, amount: i64) -> Money {
     Money::new(Currency::parse(currency).expect("stored currencies are valid"), amount)
 }
 
+/// The columns of an order read with its lines and history (JSON arrays of
+/// rows), so one statement answers one order or a page of them.
+macro_rules! order_columns {
+    () => {
+        "o.id, o.user_id, o.status, o.cancel_reason, o.currency_code, o.total_minor, o.shipping_address,
+         o.coupon_code, o.paid, o.created_at, o.updated_at,
+         (SELECT coalesce(jsonb_agg(jsonb_build_array(product_id, sku, name, currency_code, unit_price_minor, quantity)
+                                    ORDER BY line_no), '[]')
+          FROM order_lines WHERE order_id = o.id) AS lines,
+         (SELECT coalesce(jsonb_agg(jsonb_build_array(status, reason, note, (extract(epoch FROM changed_at) * 1000000)::bigint)
+                                    ORDER BY seq), '[]')
+          FROM order_status_history WHERE order_id = o.id) AS history"
+    };
+}
+
 /// One order with lines and history; `owner` restricts it to that user.
 pub async fn load_order(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<OrderRecord>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT id, user_id, status, cancel_reason, currency_code, total_minor, shipping_address, coupon_code, paid,
-                created_at, updated_at
-         FROM orders WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders o WHERE o.id = $1 AND ($2::text IS NULL OR o.user_id = $2)"
+    ))
     .bind(id)
     .bind(owner)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut orders = vec![order_from_row(&row)];
-    attach_details(pool, &mut orders).await?;
-    Ok(orders.pop())
+    row.as_ref().map(order_from_row).transpose()
 }
 
-fn order_from_row(r: &sqlx::postgres::PgRow) -> OrderRecord {
+fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error> {
     let shipping: serde_json::Value = r.get("shipping_address");
-    OrderRecord {
+    let lines: sqlx::types::Json<Vec<(String, String, String, String, i64, i32)>> = r.try_get("lines")?;
+    let history: sqlx::types::Json<Vec<(String, Option<String>, String, i64)>> = r.try_get("history")?;
+    Ok(OrderRecord {
         id: r.get("id"),
         user_id: r.get("user_id"),
         status: OrderStatus::parse(r.get::<&str, _>("status")).expect("status CHECK constraint"),
@@ -330,41 +361,28 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> OrderRecord {
         paid: r.get("paid"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
-        lines: Vec::new(),
-        history: Vec::new(),
-    }
-}
-
-async fn attach_details(pool: &PgPool, orders: &mut [OrderRecord]) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-    let lines = sqlx::query(
-        "SELECT order_id, product_id, sku, name, currency_code, unit_price_minor, quantity
-         FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    let history = sqlx::query(
-        "SELECT order_id, status, reason, note, changed_at FROM order_status_history
-         WHERE order_id = ANY($1) ORDER BY order_id, seq",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    for order in orders.iter_mut() {
-        order.lines = lines.iter().filter(|r| r.get::<Uuid, _>("order_id") == order.id).map(line_from_row).collect();
-        order.history = history
-            .iter()
-            .filter(|r| r.get::<Uuid, _>("order_id") == order.id)
-            .map(|r| HistoryEntry {
-                status: OrderStatus::parse(r.get::<&str, _>("status")).unwrap_or(OrderStatus::Pending),
-                reason: r.get::<Option<&str>, _>("reason").and_then(CancelReason::parse),
-                note: r.get("note"),
-                changed_at: r.get("changed_at"),
+        lines: lines
+            .0
+            .into_iter()
+            .map(|(product_id, sku, name, currency, unit_price_minor, quantity)| OrderLine {
+                product_id,
+                sku,
+                name,
+                unit_price: money(&currency, unit_price_minor),
+                quantity,
             })
-            .collect();
-    }
-    Ok(())
+            .collect(),
+        history: history
+            .0
+            .into_iter()
+            .map(|(status, reason, note, changed_at_micros)| HistoryEntry {
+                status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+                reason: reason.as_deref().and_then(CancelReason::parse),
+                note,
+                changed_at: DateTime::from_timestamp_micros(changed_at_micros).unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 fn line_from_row(r: &sqlx::postgres::PgRow) -> OrderLine {
@@ -375,18 +393,6 @@ fn line_from_row(r: &sqlx::postgres::PgRow) -> OrderLine {
         unit_price: money(r.get("currency_code"), r.get("unit_price_minor")),
         quantity: r.get("quantity"),
     }
-}
-
-/// The lines of order `id`, in the order they were written.
-pub async fn load_lines(conn: &mut PgConnection, id: Uuid) -> Result<Vec<OrderLine>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT product_id, sku, name, currency_code, unit_price_minor, quantity
-         FROM order_lines WHERE order_id = $1 ORDER BY line_no",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.iter().map(line_from_row).collect())
 }
 
 /// Keyset cursor of the order list (newest first).
@@ -404,27 +410,26 @@ pub async fn list_orders(
         Some((t, id)) => (Some(t), Some(id)),
         None => (None, None),
     };
-    let rows = sqlx::query(
-        "SELECT id, user_id, status, cancel_reason, currency_code, total_minor, shipping_address, coupon_code, paid,
-                created_at, updated_at
-         FROM orders
-         WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders o
+         WHERE o.user_id = $1 AND ($2::timestamptz IS NULL OR (o.created_at, o.id) < ($2, $3))
+         ORDER BY o.created_at DESC, o.id DESC LIMIT $4"
+    ))
     .bind(user_id)
     .bind(after_time)
     .bind(after_id)
     .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await?;
-    let mut orders: Vec<OrderRecord> = rows.iter().map(order_from_row).collect();
+    let mut orders: Vec<OrderRecord> = rows.iter().map(order_from_row).collect::<Result<_, _>>()?;
     let next = if orders.len() > limit as usize {
         orders.truncate(limit as usize);
         orders.last().map(|o| (o.created_at, o.id))
     } else {
         None
     };
-    attach_details(pool, &mut orders).await?;
     Ok((orders, next))
 }
 
