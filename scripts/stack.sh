@@ -118,11 +118,23 @@ stack_up() {
 }
 
 # Stops only what this invocation started.
+# Stops a process and waits until it is gone: a broker still closing keeps
+# its port open, and the next stack_up would take it for a running one.
+stop_pid() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 stack_stop_started() {
   [ -f "$STARTED" ] || return 0
   while read -r what arg; do
     case "$what" in
-      tansu) [ -f "$LOCAL/tansu.pid" ] && kill "$(cat "$LOCAL/tansu.pid")" 2>/dev/null && rm -f "$LOCAL/tansu.pid"; log "stopped tansu" ;;
+      tansu) [ -f "$LOCAL/tansu.pid" ] && stop_pid "$(cat "$LOCAL/tansu.pid")" && rm -f "$LOCAL/tansu.pid"; log "stopped tansu" ;;
       redis) redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; log "stopped redis" ;;
       postgres) pg_ctlcluster --skip-systemctl-redirect "$arg" main stop || true; log "stopped postgres" ;;
     esac
