@@ -1,7 +1,8 @@
 //! The consumer loop every service uses: receive → decode envelope → inbox
-//! check and handler effect in ONE transaction → commit the offset. Messages
-//! that arrived together share that transaction (one commit for the batch);
-//! a message that keeps failing goes to `<topic>.dlq` with the error recorded.
+//! check and handler effect in ONE transaction → store the offset (committed
+//! to the broker in the background, every `commit_interval`). Messages that
+//! arrived together share that transaction (one commit for the batch); a
+//! message that keeps failing goes to `<topic>.dlq` with the error recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
