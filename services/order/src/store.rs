@@ -332,6 +332,13 @@ macro_rules! order_columns {
     };
 }
 
+/// A line as `order_columns!` reads it: product id, sku, name, currency,
+/// unit price in minor units, quantity.
+type LineColumns = (String, String, String, String, i64, i32);
+/// A history entry as `order_columns!` reads it: status, reason, note, and
+/// the time of the change in microseconds since the epoch.
+type HistoryColumns = (String, Option<String>, String, i64);
+
 /// One order with lines and history; `owner` restricts it to that user.
 pub async fn load_order(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<OrderRecord>, sqlx::Error> {
     let row = sqlx::query(concat!(
@@ -348,8 +355,8 @@ pub async fn load_order(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<
 
 fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error> {
     let shipping: serde_json::Value = r.get("shipping_address");
-    let lines: sqlx::types::Json<Vec<(String, String, String, String, i64, i32)>> = r.try_get("lines")?;
-    let history: sqlx::types::Json<Vec<(String, Option<String>, String, i64)>> = r.try_get("history")?;
+    let lines: sqlx::types::Json<Vec<LineColumns>> = r.try_get("lines")?;
+    let history: sqlx::types::Json<Vec<HistoryColumns>> = r.try_get("history")?;
     Ok(OrderRecord {
         id: r.get("id"),
         user_id: r.get("user_id"),
