@@ -82,10 +82,11 @@ pub type GroupConsumer = StreamConsumer<GroupLogging>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pace {
     /// Someone waits on the effect: a saga step, a profile read back after
-    /// sign-up, a cache a price change must reach (`fetch_wait`).
+    /// sign-up, a cache a price change must reach, a cart emptied before
+    /// its customer fills it again (`fetch_wait`).
     Prompt,
-    /// Follow-up work nobody waits on, e.g. clearing a cart after its order
-    /// was confirmed or recording a notification (`relaxed_fetch_wait`).
+    /// Follow-up work nobody waits on, e.g. recording a notification
+    /// (`relaxed_fetch_wait`).
     Relaxed,
 }
 

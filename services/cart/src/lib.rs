@@ -66,7 +66,9 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER],
         handler: Arc::new(events::CheckoutClearer { cache: cache.clone() }),
-        pace: Pace::Relaxed,
+        // Prompt: it subtracts the ordered lines, so a late clear would also
+        // take what the customer put back in right after checking out.
+        pace: Pace::Prompt,
     });
     let api = grpc::CartApi { pool: rt.pool().clone(), cache, catalog, default_currency };
     Ok(Routes::new(pb::cart_service_server::CartServiceServer::new(api)))
