@@ -194,7 +194,9 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
         async move { s.get(&token).await.lines.is_empty().then_some(()) }
     })
     .await;
-    // Postgres agrees (not just the Redis copy).
+    // Postgres agrees (not just the Redis copy). The handler writes the cache
+    // just before its transaction commits; the offset is committed after it.
+    s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
     redis.del::<i64, _>(&key).await.unwrap();
     assert!(s.get(&token).await.lines.is_empty());
     drop(s.env);
