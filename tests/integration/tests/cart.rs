@@ -173,6 +173,11 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
     let key = format!("t{}:cart:{user}", s.env.id);
     assert_eq!(redis.exists::<i64, _>(&key).await.unwrap(), 1, "written through to Redis");
     assert!(redis.ttl::<i64, _>(&key).await.unwrap() > 6 * 24 * 3600, "7-day TTL");
+    // A read served from Redis renews the TTL: a cart in use never ages out.
+    redis.expire::<i64, _>(&key, 60, None).await.unwrap();
+    let cart = s.get(&token).await;
+    assert_eq!(cart.lines.len(), 2);
+    assert!(redis.ttl::<i64, _>(&key).await.unwrap() > 6 * 24 * 3600, "TTL renewed by the read");
     // Lose the Redis copy (only this test's keys: Redis is shared).
     redis.del::<i64, _>(&key).await.unwrap();
 
