@@ -4,7 +4,7 @@
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use shopmesh_platform::money::{Currency, Money};
 use shopmesh_platform::pb::common::v1::PostalAddress;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{FromRow as _, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{CancelReason, OrderLine, OrderStatus};
@@ -294,7 +294,7 @@ pub async fn apply_change_returning_lines(
          FROM order_lines WHERE order_id = $1 ORDER BY line_no"
     ));
     let rows = bind_change(query, id, change).fetch_all(conn).await?;
-    Ok(rows.iter().map(line_from_row).collect())
+    rows.iter().map(|r| LineColumns::from_row(r).map(line)).collect()
 }
 
 /// PENDING orders older than `cutoff`, locked; replicas skip each other's.
@@ -332,9 +332,13 @@ macro_rules! order_columns {
     };
 }
 
-/// A line as `order_columns!` reads it: product id, sku, name, currency,
-/// unit price in minor units, quantity.
+/// A line as `order_columns!` and a confirmation read it: product id, sku,
+/// name, currency, unit price in minor units, quantity.
 type LineColumns = (String, String, String, String, i64, i32);
+
+fn line((product_id, sku, name, currency, unit_price_minor, quantity): LineColumns) -> OrderLine {
+    OrderLine { product_id, sku, name, unit_price: money(&currency, unit_price_minor), quantity }
+}
 /// A history entry as `order_columns!` reads it: status, reason, note, and
 /// the time of the change in microseconds since the epoch.
 type HistoryColumns = (String, Option<String>, String, i64);
@@ -368,17 +372,7 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error>
         paid: r.get("paid"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
-        lines: lines
-            .0
-            .into_iter()
-            .map(|(product_id, sku, name, currency, unit_price_minor, quantity)| OrderLine {
-                product_id,
-                sku,
-                name,
-                unit_price: money(&currency, unit_price_minor),
-                quantity,
-            })
-            .collect(),
+        lines: lines.0.into_iter().map(line).collect(),
         history: history
             .0
             .into_iter()
@@ -390,16 +384,6 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error>
             })
             .collect(),
     })
-}
-
-fn line_from_row(r: &sqlx::postgres::PgRow) -> OrderLine {
-    OrderLine {
-        product_id: r.get("product_id"),
-        sku: r.get("sku"),
-        name: r.get("name"),
-        unit_price: money(r.get("currency_code"), r.get("unit_price_minor")),
-        quantity: r.get("quantity"),
-    }
 }
 
 /// Keyset cursor of the order list (newest first).
