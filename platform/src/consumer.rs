@@ -263,7 +263,8 @@ impl EventConsumer {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let wanted: Vec<&ReceivedEvent> = events.iter().filter(|e| self.handler.wants(e.event_type())).collect();
+        let wants: Vec<bool> = events.iter().map(|e| self.handler.wants(e.event_type())).collect();
+        let wanted: Vec<&ReceivedEvent> = events.iter().zip(&wants).filter_map(|(e, &w)| w.then_some(e)).collect();
         if wanted.is_empty() {
             // Another service's events on a shared topic: no transaction to open.
             for event in &events {
@@ -276,7 +277,7 @@ impl EventConsumer {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut to_apply = Vec::with_capacity(batch.len());
         for (i, event) in events.iter().enumerate() {
-            if !self.handler.wants(event.event_type()) {
+            if !wants[i] {
                 outcomes.push((event, Outcome::Skipped, Duration::ZERO));
             } else if !fresh.remove(&event.event_id) {
                 // `remove`: a second copy of the same event in this batch is a duplicate.
