@@ -117,7 +117,6 @@ stack_up() {
   ensure_kafka
 }
 
-# Stops only what this invocation started.
 # Stops a process and waits until it is gone: a broker still closing keeps
 # its port open, and the next stack_up would take it for a running one.
 stop_pid() {
@@ -130,6 +129,7 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+# Stops only what this invocation started.
 stack_stop_started() {
   [ -f "$STARTED" ] || return 0
   while read -r what arg; do
