@@ -71,9 +71,8 @@ impl SagaHandler {
             NewPayment { order_id, user_id, currency_code: total.currency_code, amount_minor: total.amount_minor };
 
         store::lock_order(tx, order_id).await?;
-        let existing = store::payment_for_order(tx, order_id).await?.map(|p| p.status());
-        let cancelled = store::is_cancelled(tx, order_id).await?;
-        let outcome = match domain::on_reserved(existing, cancelled) {
+        let known = store::order_payment(tx, order_id).await?;
+        let outcome = match domain::on_reserved(known.payment.map(|p| p.status()), known.cancelled) {
             OnReserved::AlreadyHandled(status) => {
                 tracing::info!(%order_id, ?status, "order already has a payment; not charging again");
                 return Ok(());
@@ -81,7 +80,7 @@ impl SagaHandler {
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
             }
-            OnReserved::Charge => self.charge(tx, &payment, &reserved.payment_token).await?,
+            OnReserved::Charge => self.charge(&payment, &reserved.payment_token, &known.attempted).await?,
         };
         let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
         tracing::info!(%order_id, payment_id = %row.id, status = %row.status, provider = %row.provider, "payment recorded");
@@ -92,14 +91,14 @@ impl SagaHandler {
     /// asked, and a capture an earlier attempt made (its transaction rolled
     /// back or never committed) is taken over instead of charging again,
     /// perhaps at the other provider.
-    async fn charge(&self, tx: &mut PgConnection, payment: &NewPayment, token: &str) -> Result<Outcome, HandlerError> {
+    async fn charge(&self, payment: &NewPayment, token: &str, attempted: &[String]) -> Result<Outcome, HandlerError> {
         let total = Money { currency_code: payment.currency_code.clone(), amount_minor: payment.amount_minor };
         let Ok(amount) = domain::chargeable(&total) else {
             // Decline rather than dead-letter, so the saga still compensates.
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };
         let key = payment.order_id.to_string();
-        if let Some((provider, charge)) = self.earlier_capture(tx, payment.order_id).await? {
+        if let Some((provider, charge)) = self.earlier_capture(payment.order_id, attempted).await? {
             tracing::warn!(order_id = %key, %provider, "taking over a capture an unrecorded attempt made");
             return Ok(Outcome::Captured {
                 provider,
@@ -125,16 +124,17 @@ impl SagaHandler {
         }
     }
 
-    /// A capture held by a provider journaled for `order_id`. A journaled
-    /// provider that cannot answer may hold money: retry rather than guess.
+    /// A capture held by one of the providers journaled (`attempted`) for
+    /// `order_id`. A journaled provider that cannot answer may hold money:
+    /// retry rather than guess.
     async fn earlier_capture(
         &self,
-        tx: &mut PgConnection,
         order_id: Uuid,
+        attempted: &[String],
     ) -> Result<Option<(String, crate::provider::Charge)>, HandlerError> {
-        for provider in store::charge_attempts(tx, order_id).await? {
-            match self.router.find_charge(&provider, &order_id.to_string()).await {
-                Ok(Some(charge)) => return Ok(Some((provider, charge))),
+        for provider in attempted {
+            match self.router.find_charge(provider, &order_id.to_string()).await {
+                Ok(Some(charge)) => return Ok(Some((provider.clone(), charge))),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(HandlerError::Retryable(format!(
@@ -153,8 +153,9 @@ impl SagaHandler {
         store::lock_order(tx, order_id).await?;
         // Tombstone first: a StockReserved still on its way must not charge.
         store::record_cancellation(tx, order_id, reason).await?;
-        let Some(payment) = store::payment_for_order(tx, order_id).await? else {
-            return self.refund_unrecorded_capture(tx, order_id, &cancelled).await;
+        let known = store::order_payment(tx, order_id).await?;
+        let Some(payment) = known.payment else {
+            return self.refund_unrecorded_capture(tx, order_id, &cancelled, &known.attempted).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
             tracing::info!(%order_id, status = %payment.status, "cancelled order holds no captured payment");
@@ -188,8 +189,9 @@ impl SagaHandler {
         tx: &mut PgConnection,
         order_id: Uuid,
         cancelled: &OrderCancelled,
+        attempted: &[String],
     ) -> Result<(), HandlerError> {
-        let Some((provider, charge)) = self.earlier_capture(tx, order_id).await? else {
+        let Some((provider, charge)) = self.earlier_capture(order_id, attempted).await? else {
             tracing::info!(%order_id, "order cancelled before any payment");
             return Ok(());
         };

@@ -6,7 +6,7 @@ use shopmesh_platform::money::Money;
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money as PbMoney;
 use shopmesh_platform::pb::events::v1::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::domain::{self, PaymentStatus};
@@ -56,18 +56,36 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), s
     Ok(())
 }
 
-pub async fn payment_for_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM payments WHERE order_id = $1 FOR UPDATE"))
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
+/// What payment knows of one order when an event about it arrives.
+#[derive(Debug)]
+pub struct OrderPayment {
+    /// Its payment, locked until the transaction ends.
+    pub payment: Option<PaymentRow>,
+    pub cancelled: bool,
+    /// Providers that were asked to charge it, first asked first.
+    pub attempted: Vec<String>,
 }
 
-pub async fn is_cancelled(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(conn)
-        .await
+/// The order's payment, cancellation and charge attempts in one round trip.
+pub async fn order_payment(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderPayment, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "WITH p AS (SELECT ",
+        columns!(),
+        " FROM payments WHERE order_id = $1 FOR UPDATE)
+         SELECT p.*,
+                EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1) AS cancelled,
+                ARRAY(SELECT provider FROM charge_attempts WHERE order_id = $1
+                      ORDER BY attempted_at, provider) AS attempted
+         FROM (VALUES (1)) AS one LEFT JOIN p ON true"
+    ))
+    .bind(order_id)
+    .fetch_one(conn)
+    .await?;
+    let payment = match row.try_get::<Option<Uuid>, _>("id")? {
+        Some(_) => Some(PaymentRow::from_row(&row)?),
+        None => None,
+    };
+    Ok(OrderPayment { payment, cancelled: row.try_get("cancelled")?, attempted: row.try_get("attempted")? })
 }
 
 /// Remembers that `order_id` is cancelled; repeated cancellations keep the first.
@@ -89,14 +107,6 @@ pub async fn record_charge_attempt(pool: &PgPool, order_id: Uuid, provider: &str
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// Providers that were asked to charge `order_id`, first asked first.
-pub async fn charge_attempts(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT provider FROM charge_attempts WHERE order_id = $1 ORDER BY attempted_at, provider")
-        .bind(order_id)
-        .fetch_all(conn)
-        .await
 }
 
 /// How a charge attempt ended, ready to be recorded.
