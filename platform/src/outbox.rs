@@ -89,7 +89,6 @@ impl Outbox {
         conn: &mut PgConnection,
         events: &[(&E, &tracing::Span)],
     ) -> Result<Vec<Uuid>, sqlx::Error> {
-        use prost::Message;
         if events.is_empty() {
             return Ok(vec![]);
         }
@@ -98,18 +97,11 @@ impl Outbox {
         let mut envelopes = Vec::with_capacity(events.len());
         let mut traces = Vec::with_capacity(events.len());
         for (event, span) in events {
-            let envelope = events::envelope_in(&self.source, *event, span);
-            ids.push(Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs"));
-            keys.push(event.aggregate_id());
-            let mut trace = serde_json::Map::new();
-            if !envelope.traceparent.is_empty() {
-                trace.insert("traceparent".into(), envelope.traceparent.clone().into());
-            }
-            if !envelope.tracestate.is_empty() {
-                trace.insert("tracestate".into(), envelope.tracestate.clone().into());
-            }
-            traces.push(serde_json::Value::Object(trace));
-            envelopes.push(envelope.encode_to_vec());
+            let row = self.row(*event, span);
+            ids.push(row.event_id);
+            keys.push(row.key);
+            envelopes.push(row.envelope);
+            traces.push(row.trace_headers);
         }
         // In array order, so `seq` (and the relay's publish order) follows `events`.
         sqlx::query(
@@ -125,8 +117,62 @@ impl Outbox {
         .bind(&traces)
         .execute(&mut *conn)
         .await?;
-        self.enqueued.fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(ids)
+    }
+
+    /// `event` as an outbox row, traced as a child of `span`, for a caller
+    /// that writes it in a statement of its own: beside the business rows
+    /// in one statement, a change needs no transaction. Once that statement
+    /// has committed, [`committed`](Self::committed) wakes the relay. Counts
+    /// as enqueued.
+    pub fn row<E: DomainEvent>(&self, event: &E, span: &tracing::Span) -> OutboxRow {
+        use prost::Message;
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+        let envelope = events::envelope_in(&self.source, event, span);
+        let mut trace = serde_json::Map::new();
+        if !envelope.traceparent.is_empty() {
+            trace.insert("traceparent".into(), envelope.traceparent.clone().into());
+        }
+        if !envelope.tracestate.is_empty() {
+            trace.insert("tracestate".into(), envelope.tracestate.clone().into());
+        }
+        OutboxRow {
+            event_id: Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs"),
+            topic: E::TOPIC,
+            event_type: E::TYPE,
+            key: event.aggregate_id().to_owned(),
+            envelope: envelope.encode_to_vec(),
+            trace_headers: serde_json::Value::Object(trace),
+        }
+    }
+}
+
+/// One event as the outbox stores it (see [`Outbox::row`]).
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub event_id: Uuid,
+    pub topic: &'static str,
+    pub event_type: &'static str,
+    pub key: String,
+    pub envelope: Vec<u8>,
+    pub trace_headers: serde_json::Value,
+}
+
+impl OutboxRow {
+    /// Binds the row's values to `query` as six parameters, in the order
+    /// of the outbox's columns `event_id, topic, event_key, event_type,
+    /// envelope, trace_headers`.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.event_id)
+            .bind(self.topic)
+            .bind(self.key.as_str())
+            .bind(self.event_type)
+            .bind(self.envelope.as_slice())
+            .bind(&self.trace_headers)
     }
 }
 
