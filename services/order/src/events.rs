@@ -53,35 +53,36 @@ pub async fn advance(
         Transition::Confirm => {
             let confirmed =
                 store::Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
-            let lines = store::apply_change_returning_lines(conn, id, &confirmed).await?;
             let event = ev::OrderConfirmed {
                 order_id,
                 user_id: order.user_id.clone(),
                 total: Some(order.total.to_proto()),
-                lines: lines.iter().map(OrderLine::to_event).collect(),
+                lines: order.lines.iter().map(OrderLine::to_event).collect(),
             };
-            outbox.enqueue(conn, &event).await?;
+            let event = outbox.row(&event, &tracing::Span::current());
+            store::apply_change(conn, id, &confirmed, Some(&event)).await?;
             record_final(OrderStatus::Confirmed, None, order.created_at);
             Ok(Some(OrderStatus::Confirmed))
         }
         Transition::Cancel { reason } => {
             let cancelled =
                 store::Change { status: OrderStatus::Cancelled, reason: Some(reason), paid: order.paid, note: "" };
-            store::apply_change(conn, id, &cancelled).await?;
             let event = ev::OrderCancelled {
                 order_id,
                 user_id: order.user_id.clone(),
                 reason: proto_reason(reason) as i32,
                 was_paid: order.paid,
             };
-            outbox.enqueue(conn, &event).await?;
+            let event = outbox.row(&event, &tracing::Span::current());
+            store::apply_change(conn, id, &cancelled, Some(&event)).await?;
             if order.status == OrderStatus::Pending {
                 record_final(OrderStatus::Cancelled, Some(reason), order.created_at);
             }
             Ok(Some(OrderStatus::Cancelled))
         }
         Transition::Note { note, paid } => {
-            store::apply_change(conn, id, &store::Change { status: order.status, reason: None, paid, note }).await?;
+            let note = store::Change { status: order.status, reason: None, paid, note };
+            store::apply_change(conn, id, &note, None).await?;
             Ok(Some(order.status))
         }
         Transition::Ignore => Ok(Some(order.status)),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::{CartLine, CatalogProduct, CheckoutError, OrderInput, OrderLine, OrderStatus, price_checkout};
 use crate::events::advance;
 use crate::pb;
-use crate::store::{self, IdempotentHit, NewOrder, OrderRecord};
+use crate::store::{self, IdempotentHit, KeyClaim, NewOrder, OrderRecord};
 
 pub type CartClient =
     shopmesh_cart::pb::cart_service_client::CartServiceClient<InterceptedService<Channel, TracePropagation>>;
@@ -282,16 +282,6 @@ impl pb::order_service_server::OrderService for OrderApi {
         let shipping = self.resolve_shipping(&req, checkout.shipping).await?;
         let (lines, total) = self.price_cart(&req).await?;
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        if let Some(key) = &key
-            && !store::claim_idempotency_key(&mut tx, &caller.user_id, key, &request_hash, id)
-                .await
-                .map_err(db_error)?
-        {
-            // A concurrent retry won the key; answer with its order.
-            tx.rollback().await.map_err(db_error)?;
-            return self.replay(&caller, key, &request_hash).await?.ok_or_else(reused_key);
-        }
         let new = NewOrder {
             id,
             user_id: &caller.user_id,
@@ -300,7 +290,6 @@ impl pb::order_service_server::OrderService for OrderApi {
             shipping_address: &shipping,
             coupon_code: &checkout.coupon_code,
         };
-        let order = store::insert_order(&mut tx, &new).await.map_err(db_error)?;
         let created = ev::OrderCreated {
             order_id: id.to_string(),
             user_id: caller.user_id.clone(),
@@ -308,8 +297,17 @@ impl pb::order_service_server::OrderService for OrderApi {
             total: Some(total.to_proto()),
             payment_token: checkout.payment_token,
         };
-        self.outbox.enqueue(&mut tx, &created).await.map_err(db_error)?;
-        self.outbox.commit(tx).await.map_err(db_error)?;
+        let created = self.outbox.row(&created, &tracing::Span::current());
+        let claim = key.as_deref().map(|key| KeyClaim { key, request_hash: &request_hash });
+        let Some(order) = store::place_order(&self.pool, &new, claim, &created).await.map_err(db_error)? else {
+            // Only a key can be lost: a concurrent retry won it; answer with its order.
+            let replay = match key.as_deref() {
+                Some(key) => self.replay(&caller, key, &request_hash).await?,
+                None => None,
+            };
+            return replay.ok_or_else(reused_key);
+        };
+        self.outbox.committed();
         metrics::counter!("orders_created_total").increment(1);
         tracing::info!(order_id = %id, user_id = %caller.user_id, total = %total, "order placed");
         Ok(Response::new(pb::CreateOrderResponse { order: Some(order_proto(order)) }))

@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use shopmesh_platform::money::{Currency, Money};
+use shopmesh_platform::outbox::OutboxRow;
 use shopmesh_platform::pb::common::v1::PostalAddress;
-use sqlx::{FromRow as _, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{CancelReason, OrderLine, OrderStatus};
@@ -121,30 +122,11 @@ pub async fn find_idempotency_key(
     }))
 }
 
-/// Claims an idempotency key for a new order. `false` when another request
-/// holds it (the caller then answers with that request's order). Expired
-/// keys are taken over.
-pub async fn claim_idempotency_key(
-    conn: &mut PgConnection,
-    user_id: &str,
-    key: &str,
-    request_hash: &str,
-    order_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (user_id, key) DO UPDATE
-           SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
-           WHERE idempotency_keys.created_at <= now() - interval '24 hours'",
-    )
-    .bind(user_id)
-    .bind(key)
-    .bind(request_hash)
-    .bind(order_id)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
+/// The Idempotency-Key a new order claims: taken unless another request
+/// holds it live (an expired key is taken over).
+pub struct KeyClaim<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a str,
 }
 
 pub async fn delete_expired_idempotency_keys(pool: &PgPool) -> Result<u64, sqlx::Error> {
@@ -154,23 +136,43 @@ pub async fn delete_expired_idempotency_keys(pool: &PgPool) -> Result<u64, sqlx:
         .rows_affected())
 }
 
-/// Writes a new PENDING order with its lines and first history entry (one
-/// statement: each round trip costs the database as much as its work), and
-/// returns it as stored, so the caller need not read it back.
-pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<OrderRecord, sqlx::Error> {
+/// Writes a new PENDING order with its lines, its first history entry and
+/// its `OrderCreated` outbox row, after claiming `claim`, as ONE autocommit
+/// statement: no transaction to open and commit, and each round trip costs
+/// the database as much as its work. Returns the order as stored, or `None`
+/// (and nothing written) when another request holds the key.
+pub async fn place_order(
+    pool: &PgPool,
+    order: &NewOrder<'_>,
+    claim: Option<KeyClaim<'_>>,
+    created: &OutboxRow,
+) -> Result<Option<OrderRecord>, sqlx::Error> {
     const PLACED: &str = "order placed";
     let lines = order.lines;
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "WITH placed AS (
+    // Everything after `go` writes only if the key was claimed (or none was given).
+    let query = sqlx::query(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (user_id, key, request_hash, order_id)
+             SELECT $2, $15, $16, $1 WHERE $15::text IS NOT NULL
+             ON CONFLICT (user_id, key) DO UPDATE
+               SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
+               WHERE idempotency_keys.created_at <= now() - interval '24 hours'
+             RETURNING 1
+         ), go AS (
+             SELECT WHERE $15::text IS NULL OR EXISTS (SELECT FROM claim)
+         ), placed AS (
              INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code,
                                  created_at, updated_at)
-             VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, now(), now()) RETURNING created_at
+             SELECT $1, $2, 'PENDING', $3, $4, $5, $6, now(), now() FROM go RETURNING created_at
          ), lines AS (
              INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
-             SELECT $1, l.* FROM UNNEST($7::int[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[])
+             SELECT $1, l.* FROM go, UNNEST($7::int[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[])
                  AS l(line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
          ), history AS (
-             INSERT INTO order_status_history (order_id, status, note) VALUES ($1, 'PENDING', $14)
+             INSERT INTO order_status_history (order_id, status, note) SELECT $1, 'PENDING', $14 FROM go
+         ), created AS (
+             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+             SELECT $17, $18, $19, $20, $21, $22 FROM go
          )
          SELECT created_at FROM placed",
     )
@@ -188,10 +190,12 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
     .bind(lines.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
     .bind(PLACED)
-    .fetch_one(&mut *conn)
-    .await?;
-    // now() is the transaction's start, so the history row carries created_at too.
-    Ok(OrderRecord {
+    .bind(claim.as_ref().map(|c| c.key))
+    .bind(claim.as_ref().map(|c| c.request_hash));
+    let Some(row) = created.bind(query).fetch_optional(pool).await? else { return Ok(None) };
+    let created_at: DateTime<Utc> = row.try_get("created_at")?;
+    // now() is the statement's start, so the history row carries created_at too.
+    Ok(Some(OrderRecord {
         id: order.id,
         user_id: order.user_id.to_owned(),
         status: OrderStatus::Pending,
@@ -209,7 +213,16 @@ pub async fn insert_order(conn: &mut PgConnection, order: &NewOrder<'_>) -> Resu
             note: PLACED.to_owned(),
             changed_at: created_at,
         }],
-    })
+    }))
+}
+
+/// The lines of order `o` as a JSON array of [`LineColumns`], in line order.
+macro_rules! lines_column {
+    () => {
+        "(SELECT coalesce(jsonb_agg(jsonb_build_array(product_id, sku, name, currency_code, unit_price_minor, quantity)
+                                    ORDER BY line_no), '[]')
+          FROM order_lines WHERE order_id = o.id) AS lines"
+    };
 }
 
 /// The order's current state, row-locked until the transaction ends.
@@ -220,22 +233,28 @@ pub struct LockedOrder {
     pub paid: bool,
     pub total: Money,
     pub created_at: DateTime<Utc>,
+    pub lines: Vec<OrderLine>,
 }
 
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<LockedOrder>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT id, user_id, status, paid, currency_code, total_minor, created_at FROM orders WHERE id = $1 FOR UPDATE",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, ",
+        lines_column!(),
+        " FROM orders o WHERE o.id = $1 FOR UPDATE OF o"
+    ))
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| LockedOrder {
+    let Some(r) = row else { return Ok(None) };
+    let lines: sqlx::types::Json<Vec<LineColumns>> = r.try_get("lines")?;
+    Ok(Some(LockedOrder {
         id: r.get("id"),
         user_id: r.get("user_id"),
         status: OrderStatus::parse(r.get::<&str, _>("status")).expect("status CHECK constraint"),
         paid: r.get("paid"),
         total: money(r.get("currency_code"), r.get("total_minor")),
         created_at: r.get("created_at"),
+        lines: lines.0.into_iter().map(line).collect(),
     }))
 }
 
@@ -275,26 +294,28 @@ fn bind_change<'q>(
         .bind(change.note)
 }
 
-/// Applies `change` to order `id` in one round trip.
-pub async fn apply_change(conn: &mut PgConnection, id: Uuid, change: &Change<'_>) -> Result<(), sqlx::Error> {
-    bind_change(sqlx::query(concat!(change_cte!(), "SELECT 1")), id, change).execute(conn).await?;
-    Ok(())
-}
-
-/// [`apply_change`] that also returns the order's lines, in the order they
-/// were written (a confirmation carries them), still in one round trip.
-pub async fn apply_change_returning_lines(
+/// Applies `change` to order `id`, and writes `event` to the outbox if
+/// there is one, in one round trip.
+pub async fn apply_change(
     conn: &mut PgConnection,
     id: Uuid,
     change: &Change<'_>,
-) -> Result<Vec<OrderLine>, sqlx::Error> {
-    let query = sqlx::query(concat!(
-        change_cte!(),
-        "SELECT product_id, sku, name, currency_code, unit_price_minor, quantity
-         FROM order_lines WHERE order_id = $1 ORDER BY line_no"
-    ));
-    let rows = bind_change(query, id, change).fetch_all(conn).await?;
-    rows.iter().map(|r| LineColumns::from_row(r).map(line)).collect()
+    event: Option<&OutboxRow>,
+) -> Result<(), sqlx::Error> {
+    match event {
+        None => bind_change(sqlx::query(concat!(change_cte!(), "SELECT 1")), id, change).execute(conn).await?,
+        Some(event) => {
+            let query = sqlx::query(concat!(
+                change_cte!(),
+                ", event AS (
+                     INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+                     VALUES ($6, $7, $8, $9, $10, $11)
+                 ) SELECT 1"
+            ));
+            event.bind(bind_change(query, id, change)).execute(conn).await?
+        }
+    };
+    Ok(())
 }
 
 /// PENDING orders older than `cutoff`, locked; replicas skip each other's.
@@ -321,14 +342,15 @@ fn money(currency: &str, amount: i64) -> Money {
 /// rows), so one statement answers one order or a page of them.
 macro_rules! order_columns {
     () => {
-        "o.id, o.user_id, o.status, o.cancel_reason, o.currency_code, o.total_minor, o.shipping_address,
-         o.coupon_code, o.paid, o.created_at, o.updated_at,
-         (SELECT coalesce(jsonb_agg(jsonb_build_array(product_id, sku, name, currency_code, unit_price_minor, quantity)
-                                    ORDER BY line_no), '[]')
-          FROM order_lines WHERE order_id = o.id) AS lines,
+        concat!(
+            "o.id, o.user_id, o.status, o.cancel_reason, o.currency_code, o.total_minor, o.shipping_address,
+             o.coupon_code, o.paid, o.created_at, o.updated_at, ",
+            lines_column!(),
+            ",
          (SELECT coalesce(jsonb_agg(jsonb_build_array(status, reason, note, (extract(epoch FROM changed_at) * 1000000)::bigint)
                                     ORDER BY seq), '[]')
           FROM order_status_history WHERE order_id = o.id) AS history"
+        )
     };
 }
 
