@@ -127,7 +127,8 @@ pub struct NewPayment {
 }
 
 /// Records the one payment of an order and its PaymentCaptured or
-/// PaymentDeclined. Fails on the order's unique key if one exists.
+/// PaymentDeclined, in one statement. Fails on the order's unique key if
+/// one exists.
 pub async fn record_payment(
     conn: &mut PgConnection,
     outbox: &Outbox,
@@ -140,13 +141,39 @@ pub async fn record_payment(
         }
         Outcome::Declined { provider, reason } => (PaymentStatus::Declined, provider.as_str(), "", "", reason.as_str()),
     };
-    let row: PaymentRow = sqlx::query_as(concat!(
-        "INSERT INTO payments (id, order_id, user_id, currency_code, amount_minor, status, provider,
+    let id = Uuid::now_v7();
+    let amount = PbMoney { currency_code: payment.currency_code.clone(), amount_minor: payment.amount_minor };
+    let span = tracing::Span::current();
+    let event = match status {
+        PaymentStatus::Captured => outbox.row(
+            &PaymentCaptured {
+                order_id: payment.order_id.to_string(),
+                payment_id: id.to_string(),
+                amount: Some(amount),
+                provider: provider.to_owned(),
+            },
+            &span,
+        ),
+        _ => outbox.row(
+            &PaymentDeclined {
+                order_id: payment.order_id.to_string(),
+                payment_id: id.to_string(),
+                reason: reason.to_owned(),
+            },
+            &span,
+        ),
+    };
+    let query = sqlx::query(concat!(
+        "WITH event AS (
+             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+             VALUES ($11, $12, $13, $14, $15, $16)
+         )
+         INSERT INTO payments (id, order_id, user_id, currency_code, amount_minor, status, provider,
                                provider_reference, card_display, decline_reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
         columns!()
     ))
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(payment.order_id)
     .bind(payment.user_id)
     .bind(&payment.currency_code)
@@ -155,46 +182,34 @@ pub async fn record_payment(
     .bind(provider)
     .bind(reference)
     .bind(display)
-    .bind(reason)
-    .fetch_one(&mut *conn)
-    .await?;
-    match status {
-        PaymentStatus::Captured => {
-            let event = PaymentCaptured {
-                order_id: row.order_id.to_string(),
-                payment_id: row.id.to_string(),
-                amount: Some(row.amount()),
-                provider: row.provider.clone(),
-            };
-            outbox.enqueue(conn, &event).await?;
-        }
-        _ => {
-            let event = PaymentDeclined {
-                order_id: row.order_id.to_string(),
-                payment_id: row.id.to_string(),
-                reason: row.decline_reason.clone(),
-            };
-            outbox.enqueue(conn, &event).await?;
-        }
-    }
-    Ok(row)
+    .bind(reason);
+    let row = event.bind(query).fetch_one(&mut *conn).await?;
+    PaymentRow::from_row(&row)
 }
 
-/// Marks a captured payment refunded and announces it. The caller has
-/// already checked the transition and had the provider give the money back.
+/// Marks a captured payment refunded and announces it, in one statement.
+/// The caller has already checked the transition and had the provider give
+/// the money back.
 pub async fn record_refund(conn: &mut PgConnection, outbox: &Outbox, payment: &PaymentRow) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payments SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(payment.id)
-        .bind(PaymentStatus::Refunded.as_str())
-        .execute(&mut *conn)
-        .await?;
-    let event = PaymentRefunded {
-        order_id: payment.order_id.to_string(),
-        payment_id: payment.id.to_string(),
-        amount: Some(payment.amount()),
-        user_id: payment.user_id.to_string(),
-    };
-    outbox.enqueue(conn, &event).await?;
+    let event = outbox.row(
+        &PaymentRefunded {
+            order_id: payment.order_id.to_string(),
+            payment_id: payment.id.to_string(),
+            amount: Some(payment.amount()),
+            user_id: payment.user_id.to_string(),
+        },
+        &tracing::Span::current(),
+    );
+    let query = sqlx::query(
+        "WITH event AS (
+             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+             VALUES ($3, $4, $5, $6, $7, $8)
+         )
+         UPDATE payments SET status = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(payment.id)
+    .bind(PaymentStatus::Refunded.as_str());
+    event.bind(query).execute(&mut *conn).await?;
     Ok(())
 }
 
