@@ -12,7 +12,7 @@ use rdkafka::consumer::Consumer;
 use shopmesh_integration_tests::{TestEnv, drain, eventually};
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
-use shopmesh_platform::events::ReceivedEvent;
+use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::kafka::{Pace, topics};
 use shopmesh_platform::outbox::{Outbox, OutboxRelay, RelayConfig};
 use shopmesh_platform::pb::events::v1::UserRegistered;
@@ -257,6 +257,57 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     let kept: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT event_id FROM inbox WHERE consumer = 'probe'").fetch_all(&pool).await.unwrap();
     assert_eq!(kept, vec![sentinel_id], "recent rows stay");
+    observer.unsubscribe();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_row_written_by_the_callers_own_statement_is_stored_and_published_like_an_enqueued_event() {
+    let env = TestEnv::new();
+    let pool = platform_database(&env, "outbox_row", 5).await;
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let observer = env.observer(&kafka.config.topic(topics::USER));
+    let outbox = Outbox::new("test");
+
+    // One event the usual way, one as a row the caller writes itself (in
+    // autocommit, as a one-statement change would).
+    let enqueued =
+        UserRegistered { user_id: "user-1".into(), email: "enqueued@example.com".into(), ..Default::default() };
+    let mut tx = pool.begin().await.unwrap();
+    let enqueued_id = outbox.enqueue(&mut tx, &enqueued).await.unwrap();
+    tx.commit().await.unwrap();
+    let own = UserRegistered { user_id: "user-1".into(), email: "own@example.com".into(), ..Default::default() };
+    let before = outbox.enqueued();
+    let row = outbox.row(&own, &tracing::Span::current());
+    assert_eq!(outbox.enqueued(), before + 1, "a row counts as enqueued, so a consumer's commit wakes the relay");
+    let query = sqlx::query(
+        "INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    );
+    row.bind(query).execute(&pool).await.unwrap();
+    outbox.committed();
+
+    // Stored alike: same topic, key and type columns.
+    let stored: Vec<(uuid::Uuid, String, String, String)> =
+        sqlx::query_as("SELECT event_id, topic, event_key, event_type FROM outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expect = |id: uuid::Uuid| (id, topics::USER.to_owned(), "user-1".to_owned(), UserRegistered::TYPE.to_owned());
+    assert_eq!(stored, vec![expect(enqueued_id), expect(row.event_id)]);
+
+    // Published alike, in order, each envelope carrying its event.
+    tokio::spawn(
+        OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, RelayConfig::default()).run(env.shutdown.clone()),
+    );
+    let seen = drain(&observer, Duration::from_secs(20), Duration::from_secs(1)).await;
+    let envelopes: Vec<_> =
+        seen.iter().map(|b| shopmesh_platform::pb::events::v1::EventEnvelope::decode(b.as_slice()).unwrap()).collect();
+    assert_eq!(
+        envelopes.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![enqueued_id.to_string(), row.event_id.to_string()]
+    );
+    assert_eq!(UserRegistered::decode(envelopes[1].payload.as_slice()).unwrap(), own);
     observer.unsubscribe();
 }
 
