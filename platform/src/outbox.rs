@@ -147,6 +147,16 @@ impl Outbox {
     }
 }
 
+/// The head of an INSERT writing an [`OutboxRow`] inside a caller's
+/// statement (as a CTE); the caller follows it with `VALUES` or `SELECT` of
+/// the six placeholders [`OutboxRow::bind`] fills, in order.
+#[macro_export]
+macro_rules! outbox_insert {
+    () => {
+        "INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers) "
+    };
+}
+
 /// One event as the outbox stores it (see [`Outbox::row`]).
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -159,9 +169,8 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// Binds the row's values to `query` as six parameters, in the order
-    /// of the outbox's columns `event_id, topic, event_key, event_type,
-    /// envelope, trace_headers`.
+    /// Binds the row's values to `query` as six parameters, in the column
+    /// order of [`outbox_insert!`](crate::outbox_insert).
     pub fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,

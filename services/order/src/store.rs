@@ -4,6 +4,7 @@
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use shopmesh_platform::money::{Currency, Money};
 use shopmesh_platform::outbox::OutboxRow;
+use shopmesh_platform::outbox_insert;
 use shopmesh_platform::pb::common::v1::PostalAddress;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -150,7 +151,7 @@ pub async fn place_order(
     const PLACED: &str = "order placed";
     let lines = order.lines;
     // Everything after `go` writes only if the key was claimed (or none was given).
-    let query = sqlx::query(
+    let query = sqlx::query(concat!(
         "WITH claim AS (
              INSERT INTO idempotency_keys (user_id, key, request_hash, order_id)
              SELECT $2, $15, $16, $1 WHERE $15::text IS NOT NULL
@@ -170,12 +171,12 @@ pub async fn place_order(
                  AS l(line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
          ), history AS (
              INSERT INTO order_status_history (order_id, status, note) SELECT $1, 'PENDING', $14 FROM go
-         ), created AS (
-             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-             SELECT $17, $18, $19, $20, $21, $22 FROM go
+         ), created AS (",
+        outbox_insert!(),
+        "SELECT $17, $18, $19, $20, $21, $22 FROM go
          )
-         SELECT created_at FROM placed",
-    )
+         SELECT created_at FROM placed"
+    ))
     .bind(order.id)
     .bind(order.user_id)
     .bind(order.total.currency.as_str())
@@ -307,10 +308,9 @@ pub async fn apply_change(
         Some(event) => {
             let query = sqlx::query(concat!(
                 change_cte!(),
-                ", event AS (
-                     INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-                     VALUES ($6, $7, $8, $9, $10, $11)
-                 ) SELECT 1"
+                ", event AS (",
+                outbox_insert!(),
+                "VALUES ($6, $7, $8, $9, $10, $11)) SELECT 1"
             ));
             event.bind(bind_change(query, id, change)).execute(conn).await?
         }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use shopmesh_platform::money::Money;
 use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::outbox_insert;
 use shopmesh_platform::pb::common::v1::Money as PbMoney;
 use shopmesh_platform::pb::events::v1::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
 use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
@@ -164,10 +165,9 @@ pub async fn record_payment(
         ),
     };
     let query = sqlx::query(concat!(
-        "WITH event AS (
-             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-             VALUES ($11, $12, $13, $14, $15, $16)
-         )
+        "WITH event AS (",
+        outbox_insert!(),
+        "VALUES ($11, $12, $13, $14, $15, $16))
          INSERT INTO payments (id, order_id, user_id, currency_code, amount_minor, status, provider,
                                provider_reference, card_display, decline_reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
@@ -200,13 +200,11 @@ pub async fn record_refund(conn: &mut PgConnection, outbox: &Outbox, payment: &P
         },
         &tracing::Span::current(),
     );
-    let query = sqlx::query(
-        "WITH event AS (
-             INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-             VALUES ($3, $4, $5, $6, $7, $8)
-         )
-         UPDATE payments SET status = $2, updated_at = now() WHERE id = $1",
-    )
+    let query = sqlx::query(concat!(
+        "WITH event AS (",
+        outbox_insert!(),
+        "VALUES ($3, $4, $5, $6, $7, $8)) UPDATE payments SET status = $2, updated_at = now() WHERE id = $1"
+    ))
     .bind(payment.id)
     .bind(PaymentStatus::Refunded.as_str());
     event.bind(query).execute(&mut *conn).await?;

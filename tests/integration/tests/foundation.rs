@@ -280,10 +280,7 @@ async fn an_outbox_row_written_by_the_callers_own_statement_is_stored_and_publis
     let before = outbox.enqueued();
     let row = outbox.row(&own, &tracing::Span::current());
     assert_eq!(outbox.enqueued(), before + 1, "a row counts as enqueued, so a consumer's commit wakes the relay");
-    let query = sqlx::query(
-        "INSERT INTO outbox (event_id, topic, event_key, event_type, envelope, trace_headers)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    );
+    let query = sqlx::query(concat!(shopmesh_platform::outbox_insert!(), "VALUES ($1, $2, $3, $4, $5, $6)"));
     row.bind(query).execute(&pool).await.unwrap();
     outbox.committed();
 
