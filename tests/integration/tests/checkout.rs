@@ -11,6 +11,8 @@ use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use shopmesh_integration_tests::shop::{SAGA, Shop, address, history, place_single_item_order, url};
 use shopmesh_integration_tests::{SAGA_CONSUMERS, TestEnv, eventually};
+use shopmesh_platform::events::DomainEvent as _;
+use shopmesh_platform::pb::events::v1::OrderCreated;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn happy_path_confirms_commits_stock_clears_cart_and_notifies() {
@@ -182,6 +184,108 @@ async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let id = first["order"]["id"].as_str().unwrap();
     assert_eq!(shop.final_order(&gus, id).await["status"], "ORDER_STATUS_CONFIRMED");
     assert_eq!(shop.payments(&gus, id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_with_one_idempotency_key_create_one_order() {
+    let shop = Shop::start(|_| {}, true).await;
+    let cup = shop.product("CUP-1", 800, 10).await;
+    let ivy = shop.customer("ivy@shop.test").await;
+    shop.add_to_cart(&ivy, &cup, 1).await;
+    let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
+    // Sent together, most race past the early replay check to the claim.
+    let posts = (0..8).map(|_| {
+        shop.http
+            .post(shop.at("/v1/orders"))
+            .bearer_auth(&ivy)
+            .header("Idempotency-Key", "double-click")
+            .json(&body)
+            .send()
+    });
+    let mut ids = Vec::new();
+    for resp in futures::future::join_all(posts).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.unwrap();
+        ids.push(answer["order"]["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every retry answered with the one order: {ids:?}");
+    let list = shop.ok(reqwest::Method::GET, "/v1/orders", &ivy, None).await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 1, "one order created");
+    let orders_db = shopmesh_platform::db::connect(&shop.env.database_url("order").await, 1).await.unwrap();
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = $1")
+        .bind(OrderCreated::TYPE)
+        .fetch_one(&orders_db)
+        .await
+        .unwrap();
+    assert_eq!(created, 1, "one OrderCreated");
+    assert_eq!(shop.final_order(&ivy, &ids[0]).await["status"], "ORDER_STATUS_CONFIRMED");
+    assert_eq!(shop.payments(&ivy, &ids[0]).await.len(), 1);
+}
+
+/// The race the test above can only provoke, made certain: a checkout whose
+/// Idempotency-Key another request holds writes no order, line, history row
+/// or event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_that_loses_its_idempotency_key_writes_nothing() {
+    use shopmesh_order::domain::OrderLine;
+    use shopmesh_order::store::{self, KeyClaim, NewOrder};
+    use shopmesh_platform::money::{Currency, Money};
+
+    let env = TestEnv::new();
+    let pool = shopmesh_platform::db::connect(&env.database_url("order").await, 2).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_order::MIGRATOR)).await.unwrap();
+    store::ensure_partitions(&pool, chrono::Utc::now(), 1).await.unwrap();
+    let outbox = shopmesh_platform::outbox::Outbox::new("order");
+    let usd = |minor| Money::new(Currency::parse("USD").unwrap(), minor);
+    let lines = [OrderLine {
+        product_id: uuid::Uuid::now_v7().to_string(),
+        sku: "CUP-1".into(),
+        name: "Cup".into(),
+        unit_price: usd(800),
+        quantity: 2,
+    }];
+    let shipping = Default::default();
+    let place = |user: &'static str, key: &'static str| {
+        let (pool, outbox, lines, shipping) = (&pool, &outbox, &lines, &shipping);
+        async move {
+            let order = NewOrder {
+                id: uuid::Uuid::now_v7(),
+                user_id: user,
+                lines,
+                total: usd(1600),
+                shipping_address: shipping,
+                coupon_code: "",
+            };
+            let event = outbox.row(
+                &OrderCreated { order_id: order.id.to_string(), user_id: user.into(), ..Default::default() },
+                &tracing::Span::current(),
+            );
+            let claim = KeyClaim { key, request_hash: "same-request" };
+            store::place_order(pool, &order, Some(claim), &event).await.unwrap().map(|o| o.id)
+        }
+    };
+    let counts = || async {
+        let mut out = Vec::new();
+        for table in ["orders", "order_lines", "order_status_history", "outbox", "idempotency_keys"] {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            out.push(n);
+        }
+        out
+    };
+
+    let first = place("user-1", "k1").await;
+    assert!(first.is_some(), "a fresh key is claimed");
+    assert_eq!(counts().await, vec![1, 1, 1, 1, 1]);
+    assert_eq!(place("user-1", "k1").await, None, "the held key is lost");
+    assert_eq!(counts().await, vec![1, 1, 1, 1, 1], "and nothing was written");
+    assert!(place("user-2", "k1").await.is_some(), "keys are per user");
+    assert!(place("user-1", "k2").await.is_some(), "another key is another order");
+    assert_eq!(counts().await, vec![3, 3, 3, 3, 3]);
 }
 
 /// Every message on the saga's topics, as (topic, key, payload, headers).
