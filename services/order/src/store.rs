@@ -1,5 +1,6 @@
 //! Order persistence. Every state change writes its history row and its
-//! outbox event in the caller's transaction.
+//! outbox event in the same statement as the change (checkout's statement is
+//! its own transaction; a saga transition's runs in the caller's).
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use shopmesh_platform::money::{Currency, Money};
