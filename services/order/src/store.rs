@@ -227,6 +227,12 @@ macro_rules! lines_column {
     };
 }
 
+/// The `lines` column of a row read with `lines_column!`.
+fn lines_of(r: &sqlx::postgres::PgRow) -> Result<Vec<OrderLine>, sqlx::Error> {
+    let lines: sqlx::types::Json<Vec<LineColumns>> = r.try_get("lines")?;
+    Ok(lines.0.into_iter().map(line).collect())
+}
+
 /// The order's current state, row-locked until the transaction ends.
 pub struct LockedOrder {
     pub id: Uuid,
@@ -248,7 +254,6 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
     .fetch_optional(conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let lines: sqlx::types::Json<Vec<LineColumns>> = r.try_get("lines")?;
     Ok(Some(LockedOrder {
         id: r.get("id"),
         user_id: r.get("user_id"),
@@ -256,7 +261,7 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
         paid: r.get("paid"),
         total: money(r.get("currency_code"), r.get("total_minor")),
         created_at: r.get("created_at"),
-        lines: lines.0.into_iter().map(line).collect(),
+        lines: lines_of(&r)?,
     }))
 }
 
@@ -382,7 +387,6 @@ pub async fn load_order(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<
 
 fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error> {
     let shipping: serde_json::Value = r.get("shipping_address");
-    let lines: sqlx::types::Json<Vec<LineColumns>> = r.try_get("lines")?;
     let history: sqlx::types::Json<Vec<HistoryColumns>> = r.try_get("history")?;
     Ok(OrderRecord {
         id: r.get("id"),
@@ -395,7 +399,7 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error>
         paid: r.get("paid"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
-        lines: lines.0.into_iter().map(line).collect(),
+        lines: lines_of(r)?,
         history: history
             .0
             .into_iter()
