@@ -62,7 +62,7 @@ async fn lock_head(tx: &mut PgConnection, user_id: &str) -> Result<Option<(i64, 
 /// are read by a statement of their own, after the lock is held: a statement
 /// that waited for the lock still reads with the snapshot it started with.
 pub async fn lock(tx: &mut PgConnection, user_id: &str) -> Result<Cart, sqlx::Error> {
-    let head = match lock_head(tx, user_id).await? {
+    let (version, updated_at) = match lock_head(tx, user_id).await? {
         Some(head) => head,
         None => {
             sqlx::query("INSERT INTO carts (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
@@ -72,7 +72,6 @@ pub async fn lock(tx: &mut PgConnection, user_id: &str) -> Result<Cart, sqlx::Er
             lock_head(tx, user_id).await?.ok_or(sqlx::Error::RowNotFound)?
         }
     };
-    let (version, updated_at) = head;
     Ok(Cart { version, updated_at, lines: load_lines(tx, user_id).await? })
 }
 
