@@ -129,6 +129,13 @@ impl Shop {
         self.ok(reqwest::Method::POST, "/v1/orders", token, Some(body)).await["order"].clone()
     }
 
+    /// POST /v1/orders with an Idempotency-Key; the response as it came
+    /// (a reused key may be refused).
+    pub async fn checkout_with_key(&self, token: &str, key: &str, body: &Value) -> reqwest::Response {
+        let request = self.http.post(self.at("/v1/orders")).bearer_auth(token).header("Idempotency-Key", key);
+        request.json(body).send().await.expect("POST /v1/orders")
+    }
+
     pub async fn order(&self, token: &str, id: &str) -> Value {
         self.ok(reqwest::Method::GET, &format!("/v1/orders/{id}"), token, None).await["order"].clone()
     }

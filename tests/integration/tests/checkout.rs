@@ -168,14 +168,12 @@ async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let gus = shop.customer("gus@shop.test").await;
     shop.add_to_cart(&gus, &cup, 1).await;
     let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
-    let post = |b: Value| {
-        shop.http.post(shop.at("/v1/orders")).bearer_auth(&gus).header("Idempotency-Key", "checkout-42").json(&b).send()
-    };
-    let first: Value = post(body.clone()).await.unwrap().json().await.unwrap();
-    let retry: Value = post(body.clone()).await.unwrap().json().await.unwrap();
+    let first: Value = shop.checkout_with_key(&gus, "checkout-42", &body).await.json().await.unwrap();
+    let retry: Value = shop.checkout_with_key(&gus, "checkout-42", &body).await.json().await.unwrap();
     assert!(retry["order"].is_object(), "retry answered {retry}");
     assert_eq!(first["order"]["id"], retry["order"]["id"], "the retry returns the same order");
-    let resp = post(json!({"paymentToken": "tok_mastercard", "shippingAddress": address()})).await.unwrap();
+    let other = json!({"paymentToken": "tok_mastercard", "shippingAddress": address()});
+    let resp = shop.checkout_with_key(&gus, "checkout-42", &other).await;
     assert_eq!(resp.status(), 409);
     let err: Value = resp.json().await.unwrap();
     assert!(err["message"].as_str().unwrap().contains("Idempotency-Key"), "{err}");
@@ -194,17 +192,9 @@ async fn concurrent_retries_with_one_idempotency_key_create_one_order() {
     shop.add_to_cart(&ivy, &cup, 1).await;
     let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
     // Sent together, most race past the early replay check to the claim.
-    let posts = (0..8).map(|_| {
-        shop.http
-            .post(shop.at("/v1/orders"))
-            .bearer_auth(&ivy)
-            .header("Idempotency-Key", "double-click")
-            .json(&body)
-            .send()
-    });
+    let posts = (0..8).map(|_| shop.checkout_with_key(&ivy, "double-click", &body));
     let mut ids = Vec::new();
     for resp in futures::future::join_all(posts).await {
-        let resp = resp.unwrap();
         assert_eq!(resp.status(), 200);
         let answer: Value = resp.json().await.unwrap();
         ids.push(answer["order"]["id"].as_str().unwrap().to_owned());
