@@ -70,8 +70,9 @@ impl ApiError {
     pub fn payload_too_large(limit: usize) -> Self {
         let mut e = Self::new(Code::ResourceExhausted, format!("request body exceeds {limit} bytes"));
         e.http_status = Some(StatusCode::PAYLOAD_TOO_LARGE);
-        // The rest of the body is never read, so the connection can't carry
-        // another request: say so, or a client may reuse it and lose the next one.
+        // The rest of the body may be left unread (past the proxy's discard
+        // bounds), so the connection can't carry another request: say so, or
+        // a client may reuse it and lose the next one.
         e.headers.push((header::CONNECTION, HeaderValue::from_static("close")));
         e
     }

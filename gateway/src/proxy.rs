@@ -113,15 +113,44 @@ fn finish(mut resp: Response, decision: Option<Decision>, label: RouteLabel) -> 
 
 /// Reads the body up to `limit` bytes; larger is 413 before and after
 /// trusting `Content-Length`.
-async fn read_body(headers: &http::HeaderMap, body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    headers: &http::HeaderMap,
+    mut body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard_rest(body).await;
         return Err(ApiError::payload_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            discard_rest(body).await;
+            Err(ApiError::payload_too_large(limit))
+        }
         Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
     }
+}
+
+/// Of a body over the limit, how much more is read and dropped before the
+/// 413 goes out, and for how long at most.
+const DISCARD_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what the client is still sending. Answering first would
+/// close the connection under a client that is still writing: it sees a
+/// broken pipe or a reset instead of the 413. Past the bounds it gets that.
+async fn discard_rest(mut body: axum::body::Body) {
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DISCARD_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_MAX_TIME, drain).await;
 }

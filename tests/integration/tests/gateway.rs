@@ -297,6 +297,21 @@ async fn malformed_bodies_get_400_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversized_body_gets_the_413_not_a_broken_connection() {
+    let s = Stack::start(|_| {}).await;
+    // Six times the 1 MiB limit: the gateway decides on the Content-Length
+    // long before the client has written it all.
+    let big = "x".repeat(6 * 1024 * 1024);
+    for _ in 0..3 {
+        let resp = s.http.post(s.url("/v1/auth/register")).header("content-type", "application/json").body(big.clone());
+        let resp = resp.send().await.expect("the client finishes sending and reads the answer");
+        let (status, body) = error_body(resp).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("exceeds")), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_statuses_map_to_http_like_grpc_gateway() {
     let s = Stack::start(|_| {}).await;
     // A second gateway whose NotificationService goes to a server that does not
