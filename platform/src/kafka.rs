@@ -77,8 +77,9 @@ impl ConsumerContext for GroupLogging {
 pub type GroupConsumer = StreamConsumer<GroupLogging>;
 
 /// How soon a consumer must see a new event. Kafka answers a fetch as soon
-/// as data arrives, so there both paces are equally prompt; Tansu holds each
-/// fetch to its wait bound, so there the pace trades latency for broker CPU.
+/// as data arrives, so there both paces are equally prompt; Tansu answers
+/// within about half the wait bound, so there the pace trades latency for
+/// broker CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pace {
     /// Someone waits on the effect: a saga step, a profile read back after
@@ -105,7 +106,7 @@ fn build_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProduce
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", config.linger.as_millis().to_string())
         .set("message.timeout.ms", config.message_timeout.as_millis().to_string())
         .set("compression.type", "lz4")
         .create()
