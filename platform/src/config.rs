@@ -218,8 +218,8 @@ pub struct KafkaConfig {
     /// librdkafka's 500 ms default the saga took p50 580 ms at 100 orders/s).
     pub fetch_wait: Duration,
     /// The fetch wait of consumers nobody is waiting on ([`Pace::Relaxed`]):
-    /// an empty fetch costs Tansu about 0.4 ms of CPU, so fewer fetches is
-    /// less broker CPU.
+    /// an empty fetch costs Tansu 0.4–1 ms of CPU, so fewer fetches is less
+    /// broker CPU.
     ///
     /// [`Pace::Relaxed`]: crate::kafka::Pace::Relaxed
     pub relaxed_fetch_wait: Duration,
