@@ -205,7 +205,8 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// How long the producer gathers messages into one batch (`linger.ms`).
     /// Fewer, larger batches cost the broker less, and each hop of the saga
-    /// waits up to this long more.
+    /// waits up to this long more: 10 ms against 2 ms raised the bench's
+    /// saturation from 166–201 to 182–245 orders/s and added ~20 ms to p50.
     pub linger: Duration,
     /// Upper bound of the outbox relay's retry backoff.
     pub outbox_max_backoff: Duration,
@@ -284,7 +285,7 @@ impl ServiceConfig {
                 max_poll_interval: s.millis_or("KAFKA_MAX_POLL_INTERVAL_MS", Duration::from_millis(60_000))?,
                 max_attempts: s.parse_or("KAFKA_MAX_ATTEMPTS", 5)?,
                 message_timeout: s.millis_or("KAFKA_MESSAGE_TIMEOUT_MS", Duration::from_secs(30))?,
-                linger: s.millis_or("KAFKA_LINGER_MS", Duration::from_millis(2))?,
+                linger: s.millis_or("KAFKA_LINGER_MS", Duration::from_millis(10))?,
                 outbox_max_backoff: s.millis_or("OUTBOX_MAX_BACKOFF_MS", Duration::from_secs(30))?,
                 consumer_batch: s.parse_or("KAFKA_CONSUMER_BATCH", 128usize)?.max(1),
                 fetch_wait: s.millis_or("KAFKA_FETCH_WAIT_MS", Duration::from_millis(25))?,
