@@ -121,15 +121,20 @@ impl ReceivedEvent {
 
     /// The producer's trace context, as a carrier map.
     pub fn trace_headers(&self) -> HashMap<String, String> {
-        let mut m = HashMap::new();
-        if !self.envelope.traceparent.is_empty() {
-            m.insert("traceparent".to_owned(), self.envelope.traceparent.clone());
-        }
-        if !self.envelope.tracestate.is_empty() {
-            m.insert("tracestate".to_owned(), self.envelope.tracestate.clone());
-        }
-        m
+        trace_headers(&self.envelope)
     }
+}
+
+/// The trace context `envelope` carries, as a carrier map (only the fields set).
+pub fn trace_headers(envelope: &ev::EventEnvelope) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if !envelope.traceparent.is_empty() {
+        m.insert("traceparent".to_owned(), envelope.traceparent.clone());
+    }
+    if !envelope.tracestate.is_empty() {
+        m.insert("tracestate".to_owned(), envelope.tracestate.clone());
+    }
+    m
 }
 
 #[cfg(test)]

@@ -129,13 +129,9 @@ impl Outbox {
         use prost::Message;
         self.enqueued.fetch_add(1, Ordering::Relaxed);
         let envelope = events::envelope_in(&self.source, event, span);
-        let mut trace = serde_json::Map::new();
-        if !envelope.traceparent.is_empty() {
-            trace.insert("traceparent".into(), envelope.traceparent.clone().into());
-        }
-        if !envelope.tracestate.is_empty() {
-            trace.insert("tracestate".into(), envelope.tracestate.clone().into());
-        }
+        let trace = serde_json::Map::from_iter(
+            events::trace_headers(&envelope).into_iter().map(|(k, v)| (k, serde_json::Value::String(v))),
+        );
         OutboxRow {
             event_id: Uuid::parse_str(&envelope.id).expect("envelope ids are generated UUIDs"),
             topic: E::TOPIC,
