@@ -60,7 +60,7 @@ pub async fn advance(
                 lines: order.lines.iter().map(OrderLine::to_event).collect(),
             };
             let event = outbox.row(&event, &tracing::Span::current());
-            store::apply_change(conn, id, &confirmed, Some(&event)).await?;
+            store::apply_change(conn, &order, &confirmed, Some(&event)).await?;
             record_final(OrderStatus::Confirmed, None, order.created_at);
             Ok(Some(OrderStatus::Confirmed))
         }
@@ -74,7 +74,7 @@ pub async fn advance(
                 was_paid: order.paid,
             };
             let event = outbox.row(&event, &tracing::Span::current());
-            store::apply_change(conn, id, &cancelled, Some(&event)).await?;
+            store::apply_change(conn, &order, &cancelled, Some(&event)).await?;
             if order.status == OrderStatus::Pending {
                 record_final(OrderStatus::Cancelled, Some(reason), order.created_at);
             }
@@ -82,7 +82,7 @@ pub async fn advance(
         }
         Transition::Note { note, paid } => {
             let note = store::Change { status: order.status, reason: None, paid, note };
-            store::apply_change(conn, id, &note, None).await?;
+            store::apply_change(conn, &order, &note, None).await?;
             Ok(Some(order.status))
         }
         Transition::Ignore => Ok(Some(order.status)),

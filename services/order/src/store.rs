@@ -75,6 +75,68 @@ fn add_months(year: i32, month: u32, delta: i32) -> (i32, u32) {
     (index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
 }
 
+/// The `created_at` range a lookup by order id reads. Order ids are UUIDv7,
+/// stamped just before the insert sets `created_at`, so a lookup bounded
+/// around the stamp reads the one month partition holding the order (two at
+/// a month's edge) instead of probing every month's index, a cost that grows
+/// with every month kept. The bounds allow a day of clock difference between
+/// service and database; `None` bounds read every partition.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CreatedWindow {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl CreatedWindow {
+    const ALL: Self = Self { from: None, to: None };
+
+    fn around(id: Uuid) -> Self {
+        let stamped = id.get_timestamp().and_then(|t| {
+            let (secs, nanos) = t.to_unix();
+            DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+        });
+        match stamped {
+            Some(t) => Self { from: Some(t - CLOCK_ALLOWANCE), to: Some(t + CLOCK_ALLOWANCE) },
+            None => Self::ALL,
+        }
+    }
+}
+
+const CLOCK_ALLOWANCE: chrono::Duration = chrono::Duration::days(1);
+
+/// One row by order id: `query` binds the window's bounds as its last two
+/// parameters. A row outside the id's window (clocks more than a day apart)
+/// is still found, by a second read of every partition.
+async fn fetch_by_id<'q>(
+    conn: &mut PgConnection,
+    id: Uuid,
+    query: impl Fn(CreatedWindow) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+    let window = CreatedWindow::around(id);
+    let row = query(window).fetch_optional(&mut *conn).await?;
+    if row.is_some() || window == CreatedWindow::ALL {
+        return Ok(row);
+    }
+    let row = query(CreatedWindow::ALL).fetch_optional(&mut *conn).await?;
+    if row.is_some() {
+        tracing::warn!(order_id = %id, "order stored a day or more away from its id's time: are the service's and the database's clocks apart?");
+    }
+    Ok(row)
+}
+
+/// The placeholders `fetch_by_id` binds, as a SQL condition on `o`.
+macro_rules! in_window {
+    ($from:literal, $to:literal) => {
+        concat!(
+            " AND o.created_at >= coalesce(",
+            $from,
+            ", '-infinity') AND o.created_at < coalesce(",
+            $to,
+            ", 'infinity')"
+        )
+    };
+}
+
 /// Creates the monthly partitions around `now` (one month back, `ahead`
 /// months forward). Idempotent and safe to run from every replica.
 pub async fn ensure_partitions(pool: &PgPool, now: DateTime<Utc>, ahead: i32) -> Result<(), sqlx::Error> {
@@ -245,14 +307,19 @@ pub struct LockedOrder {
 }
 
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<LockedOrder>, sqlx::Error> {
-    let row = sqlx::query(concat!(
-        "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, ",
-        lines_column!(),
-        " FROM orders o WHERE o.id = $1 FOR UPDATE OF o"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
+    let query = |window: CreatedWindow| {
+        sqlx::query(concat!(
+            "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, ",
+            lines_column!(),
+            " FROM orders o WHERE o.id = $1",
+            in_window!("$2", "$3"),
+            " FOR UPDATE OF o"
+        ))
+        .bind(id)
+        .bind(window.from)
+        .bind(window.to)
+    };
+    let row = fetch_by_id(conn, id, query).await?;
     let Some(r) = row else { return Ok(None) };
     Ok(Some(LockedOrder {
         id: r.get("id"),
@@ -281,7 +348,7 @@ macro_rules! change_cte {
     () => {
         "WITH changed AS (
              UPDATE orders SET status = $2, cancel_reason = coalesce($3, cancel_reason), paid = $4, updated_at = now()
-             WHERE id = $1
+             WHERE id = $1 AND created_at = $6
          ), history AS (
              INSERT INTO order_status_history (order_id, status, reason, note) VALUES ($1, $2, $3, $5)
          ) "
@@ -290,35 +357,36 @@ macro_rules! change_cte {
 
 fn bind_change<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    id: Uuid,
+    order: &LockedOrder,
     change: &Change<'q>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     query
-        .bind(id)
+        .bind(order.id)
         .bind(change.status.as_str())
         .bind(change.reason.map(CancelReason::as_str))
         .bind(change.paid)
         .bind(change.note)
+        .bind(order.created_at)
 }
 
-/// Applies `change` to order `id`, and writes `event` to the outbox if
-/// there is one, in one round trip.
+/// Applies `change` to `order`, and writes `event` to the outbox if there
+/// is one, in one round trip. The order's full key names its partition.
 pub async fn apply_change(
     conn: &mut PgConnection,
-    id: Uuid,
+    order: &LockedOrder,
     change: &Change<'_>,
     event: Option<&OutboxRow>,
 ) -> Result<(), sqlx::Error> {
     match event {
-        None => bind_change(sqlx::query(concat!(change_cte!(), "SELECT 1")), id, change).execute(conn).await?,
+        None => bind_change(sqlx::query(concat!(change_cte!(), "SELECT 1")), order, change).execute(conn).await?,
         Some(event) => {
             let query = sqlx::query(concat!(
                 change_cte!(),
                 ", event AS (",
                 outbox_insert!(),
-                "VALUES ($6, $7, $8, $9, $10, $11)) SELECT 1"
+                "VALUES ($7, $8, $9, $10, $11, $12)) SELECT 1"
             ));
-            event.bind(bind_change(query, id, change)).execute(conn).await?
+            event.bind(bind_change(query, order, change)).execute(conn).await?
         }
     };
     Ok(())
@@ -373,15 +441,19 @@ type HistoryColumns = (String, Option<String>, String, i64);
 
 /// One order with lines and history; `owner` restricts it to that user.
 pub async fn load_order(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<OrderRecord>, sqlx::Error> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders o WHERE o.id = $1 AND ($2::text IS NULL OR o.user_id = $2)"
-    ))
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await?;
+    let query = |window: CreatedWindow| {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders o WHERE o.id = $1 AND ($2::text IS NULL OR o.user_id = $2)",
+            in_window!("$3", "$4")
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(window.from)
+        .bind(window.to)
+    };
+    let row = fetch_by_id(&mut *pool.acquire().await?, id, query).await?;
     row.as_ref().map(order_from_row).transpose()
 }
 
@@ -454,6 +526,20 @@ pub async fn list_orders(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_ids_window_spans_a_day_either_side_of_its_stamp() {
+        let placed = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap();
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, placed.timestamp() as u64, 0));
+        let window = CreatedWindow::around(id);
+        assert_eq!(window.from, Some(placed - chrono::Duration::days(1)));
+        assert_eq!(window.to, Some(placed + chrono::Duration::days(1)));
+    }
+
+    #[test]
+    fn an_id_without_a_time_stamp_reads_every_partition() {
+        assert_eq!(CreatedWindow::around(Uuid::new_v4()), CreatedWindow::ALL);
+    }
 
     #[test]
     fn month_arithmetic_wraps_years() {

@@ -223,11 +223,7 @@ async fn a_checkout_that_loses_its_idempotency_key_writes_nothing() {
     use shopmesh_order::store::{self, KeyClaim, NewOrder};
     use shopmesh_platform::money::{Currency, Money};
 
-    let env = TestEnv::new();
-    let pool = shopmesh_platform::db::connect(&env.database_url("order").await, 2).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_order::MIGRATOR)).await.unwrap();
-    store::ensure_partitions(&pool, chrono::Utc::now(), 1).await.unwrap();
-    let outbox = shopmesh_platform::outbox::Outbox::new("order");
+    let (_env, pool, outbox) = order_store().await;
     let usd = |minor| Money::new(Currency::parse("USD").unwrap(), minor);
     let lines = [OrderLine {
         product_id: uuid::Uuid::now_v7().to_string(),
@@ -276,6 +272,69 @@ async fn a_checkout_that_loses_its_idempotency_key_writes_nothing() {
     assert!(place("user-2", "k1").await.is_some(), "keys are per user");
     assert!(place("user-1", "k2").await.is_some(), "another key is another order");
     assert_eq!(counts().await, vec![3, 3, 3, 3, 3]);
+}
+
+/// The order service's store on a fresh database, partitions made.
+async fn order_store() -> (TestEnv, sqlx::PgPool, shopmesh_platform::outbox::Outbox) {
+    let env = TestEnv::new();
+    let pool = shopmesh_platform::db::connect(&env.database_url("order").await, 2).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_order::MIGRATOR)).await.unwrap();
+    shopmesh_order::store::ensure_partitions(&pool, chrono::Utc::now(), 1).await.unwrap();
+    (env, pool, shopmesh_platform::outbox::Outbox::new("order"))
+}
+
+/// Lookups by id read the month their id's time stamp names; an order whose
+/// `created_at` lies elsewhere (the service's and the database's clocks
+/// apart) is still found, locked and changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_stored_days_from_its_ids_time_is_still_found_and_changed() {
+    use shopmesh_order::domain::{OrderLine, OrderStatus};
+    use shopmesh_order::store::{self, Change, NewOrder};
+    use shopmesh_platform::money::{Currency, Money};
+
+    let (_env, pool, outbox) = order_store().await;
+    let price = Money::new(Currency::parse("USD").unwrap(), 800);
+    let lines = [OrderLine {
+        product_id: "p-1".into(),
+        sku: "CUP-1".into(),
+        name: "Cup".into(),
+        unit_price: price,
+        quantity: 1,
+    }];
+    let order = NewOrder {
+        id: uuid::Uuid::now_v7(),
+        user_id: "user-1",
+        lines: &lines,
+        total: price,
+        shipping_address: &Default::default(),
+        coupon_code: "",
+    };
+    let event =
+        outbox.row(&OrderCreated { order_id: order.id.to_string(), ..Default::default() }, &tracing::Span::current());
+    store::place_order(&pool, &order, None, &event).await.unwrap().expect("placed");
+    assert!(store::load_order(&pool, order.id, Some("user-1")).await.unwrap().is_some(), "found in its month");
+    assert!(store::load_order(&pool, uuid::Uuid::now_v7(), None).await.unwrap().is_none(), "an unknown id is none");
+
+    // Outside the id's window (perhaps in last month's partition), as a
+    // database clock two days behind the service's would have put it.
+    sqlx::query("UPDATE orders SET created_at = created_at - interval '2 days' WHERE id = $1")
+        .bind(order.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let moved = store::load_order(&pool, order.id, Some("user-1")).await.unwrap().expect("still found");
+    assert!(chrono::Utc::now() - moved.created_at > chrono::Duration::days(1));
+    assert!(store::load_order(&pool, order.id, Some("user-2")).await.unwrap().is_none(), "still only its owner's");
+
+    let mut tx = pool.begin().await.unwrap();
+    let locked = store::lock_order(&mut tx, order.id).await.unwrap().expect("still locked");
+    let confirm = Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
+    store::apply_change(&mut tx, &locked, &confirm, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let changed = store::load_order(&pool, order.id, None).await.unwrap().unwrap();
+    assert_eq!(changed.status, OrderStatus::Confirmed);
+    assert!(changed.paid);
+    assert_eq!(changed.history.len(), 2);
 }
 
 /// Every message on the saga's topics, as (topic, key, payload, headers).
