@@ -2,7 +2,7 @@
 //! (order-events) and `PaymentRefunded` (payment-events), each turned into
 //! one message for the order's customer. The inbox applies each event once.
 
-use shopmesh_platform::consumer::{EventHandler, HandlerError};
+use shopmesh_platform::consumer::{Consumed, EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::money::Money;
 use shopmesh_platform::pb::common::v1::Money as PbMoney;
@@ -10,7 +10,7 @@ use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, OrderConfi
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{self, CancelCause, Occurrence};
+use crate::domain::{self, CancelCause, Message, Occurrence};
 use crate::store;
 
 /// Consumer group and inbox name.
@@ -47,6 +47,15 @@ fn occurrence(event: &ReceivedEvent) -> Result<(String, Occurrence), HandlerErro
     }
 }
 
+/// The recipient and the message an event causes.
+fn notification(event: &ReceivedEvent) -> Result<(Uuid, Message), HandlerError> {
+    let (user_id, occurrence) = occurrence(event)?;
+    // No recipient will ever appear for this event: dead-letter it.
+    let user_id =
+        Uuid::parse_str(&user_id).map_err(|_| HandlerError::Permanent(format!("user_id {user_id:?} is not a UUID")))?;
+    Ok((user_id, domain::compose(occurrence)))
+}
+
 #[async_trait::async_trait]
 impl EventHandler for Notifier {
     fn wants(&self, event_type: &str) -> bool {
@@ -54,13 +63,28 @@ impl EventHandler for Notifier {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
-        let (user_id, occurrence) = occurrence(event)?;
-        // No recipient will ever appear for this event: dead-letter it.
-        let user_id = Uuid::parse_str(&user_id)
-            .map_err(|_| HandlerError::Permanent(format!("user_id {user_id:?} is not a UUID")))?;
-        let message = domain::compose(occurrence);
+        let (user_id, message) = notification(event)?;
         let created = store::insert(tx, event.event_id, user_id, &message).await?;
         tracing::info!(%user_id, kind = message.kind.as_str(), order_id = %message.order_id, created, "notification");
+        Ok(())
+    }
+
+    /// Each message is one row of its own, so a batch's go in one statement.
+    fn applies_as_set(&self, event_type: &str) -> bool {
+        self.wants(event_type)
+    }
+
+    async fn handle_set(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
+        let messages = set.iter().map(|c| notification(c.event)).collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<(Uuid, Uuid, &Message)> =
+            set.iter().zip(&messages).map(|(c, (user_id, message))| (c.event.event_id, *user_id, message)).collect();
+        let created = store::insert_all(tx, &rows).await?;
+        for (c, (user_id, message)) in set.iter().zip(&messages) {
+            c.span.in_scope(|| {
+                tracing::info!(%user_id, kind = message.kind.as_str(), order_id = %message.order_id, "notification");
+            });
+        }
+        tracing::debug!(size = set.len(), created, "notifications stored");
         Ok(())
     }
 }

@@ -31,21 +31,33 @@ pub async fn insert(
     user_id: Uuid,
     message: &Message,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    Ok(insert_all(conn, &[(event_id, user_id, message)]).await? == 1)
+}
+
+/// Stores the message each event caused, in one statement; copies of events
+/// already stored are no-ops. Returns how many were new.
+pub async fn insert_all(conn: &mut PgConnection, messages: &[(Uuid, Uuid, &Message)]) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = messages.iter().map(|_| Uuid::now_v7()).collect();
+    let (events, users): (Vec<Uuid>, Vec<Uuid>) = messages.iter().map(|(e, u, _)| (*e, *u)).unzip();
+    let kinds: Vec<&str> = messages.iter().map(|(_, _, m)| m.kind.as_str()).collect();
+    let orders: Vec<&str> = messages.iter().map(|(_, _, m)| m.order_id.as_str()).collect();
+    let titles: Vec<&str> = messages.iter().map(|(_, _, m)| m.title.as_str()).collect();
+    let bodies: Vec<&str> = messages.iter().map(|(_, _, m)| m.body.as_str()).collect();
+    Ok(sqlx::query(
         "INSERT INTO notifications (id, event_id, user_id, kind, order_id, title, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
+         ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(Uuid::now_v7())
-    .bind(event_id)
-    .bind(user_id)
-    .bind(message.kind.as_str())
-    .bind(&message.order_id)
-    .bind(&message.title)
-    .bind(&message.body)
+    .bind(&ids)
+    .bind(&events)
+    .bind(&users)
+    .bind(&kinds)
+    .bind(&orders)
+    .bind(&titles)
+    .bind(&bodies)
     .execute(conn)
     .await?
-    .rows_affected();
-    Ok(n == 1)
+    .rows_affected())
 }
 
 /// Keyset position in a listing: `(created_at, id)` of the last row returned.

@@ -115,3 +115,59 @@ async fn refund_by_payment_reaches_the_customer() {
     assert_eq!(refund.1, format!("We refunded USD 12.34 for your order {order}."));
     assert!(rows.iter().any(|(title, _)| title == "Order cancelled"), "{rows:?}");
 }
+
+/// A batch of one event type is stored in one statement: one message per
+/// event, none for a copy already stored, and nothing at all if one event of
+/// the batch can never be applied (the consumer then retries them singly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_outcomes_is_stored_at_once_and_only_once() {
+    use shopmesh_platform::consumer::{Consumed, EventHandler as _};
+    use shopmesh_platform::events::{ReceivedEvent, envelope};
+
+    let env = TestEnv::new();
+    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
+    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_notification::MIGRATOR)).await.unwrap();
+    let confirmed = |user: &str| {
+        let event = ev::OrderConfirmed {
+            order_id: Uuid::now_v7().to_string(),
+            user_id: user.to_owned(),
+            total: usd(500),
+            ..Default::default()
+        };
+        let bytes = prost::Message::encode_to_vec(&envelope("test", &event));
+        ReceivedEvent::decode_envelope(&bytes, ev::OrderConfirmed::TOPIC, 0, 0).unwrap()
+    };
+    let apply = |events: Vec<ReceivedEvent>| {
+        let pool = pool.clone();
+        async move {
+            let set: Vec<Consumed<'_>> =
+                events.iter().map(|event| Consumed { event, span: tracing::Span::none() }).collect();
+            let mut tx = pool.begin().await.unwrap();
+            let applied = shopmesh_notification::events::Notifier.handle_set(&mut tx, &set).await;
+            if applied.is_ok() {
+                tx.commit().await.unwrap();
+            }
+            applied
+        }
+    };
+    let users: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let events: Vec<ReceivedEvent> = users.iter().map(|u| confirmed(&u.to_string())).collect();
+    let count =
+        || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications").fetch_one(&pool).await.unwrap() };
+
+    apply(events.clone()).await.unwrap();
+    assert_eq!(count().await, 3);
+    for user in &users {
+        let rows = notifications(&pool, *user, 1).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].0, "Order confirmed");
+        assert!(rows[0].1.contains("USD 5.00"), "{}", rows[0].1);
+    }
+    apply(events.clone()).await.unwrap();
+    assert_eq!(count().await, 3, "copies of stored events add nothing");
+
+    let stranger = Uuid::now_v7();
+    let broken = vec![confirmed(&stranger.to_string()), confirmed("not-a-user-id")];
+    assert!(apply(broken).await.is_err(), "an event without a valid recipient fails the batch");
+    assert_eq!(count().await, 3, "and the batch wrote nothing");
+}
