@@ -95,8 +95,12 @@ impl CreatedWindow {
             let (secs, nanos) = t.to_unix();
             DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
         });
-        match stamped {
-            Some(t) => Self { from: Some(t - CLOCK_ALLOWANCE), to: Some(t + CLOCK_ALLOWANCE) },
+        // Checked: a client can send any id, and one stamped at the edge of
+        // time must read everything rather than panic.
+        let bounds = stamped
+            .and_then(|t| Some((t.checked_sub_signed(CLOCK_ALLOWANCE)?, t.checked_add_signed(CLOCK_ALLOWANCE)?)));
+        match bounds {
+            Some((from, to)) => Self { from: Some(from), to: Some(to) },
             None => Self::ALL,
         }
     }
@@ -539,6 +543,17 @@ mod tests {
     #[test]
     fn an_id_without_a_time_stamp_reads_every_partition() {
         assert_eq!(CreatedWindow::around(Uuid::new_v4()), CreatedWindow::ALL);
+    }
+
+    #[test]
+    fn any_id_a_client_sends_gives_a_window_without_panicking() {
+        for id in [Uuid::nil(), Uuid::max(), Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000)] {
+            let _ = CreatedWindow::around(id);
+        }
+        let v1 = Uuid::from_u128(!(0xf << 76) | (1 << 76));
+        let _ = CreatedWindow::around(v1);
+        let v7_last = Uuid::from_u128(!(0xf << 76) | (7 << 76));
+        assert_ne!(CreatedWindow::around(v7_last), CreatedWindow::ALL, "the last v7 stamp is year 10889");
     }
 
     #[test]
