@@ -509,6 +509,8 @@ pub async fn list_orders(
         order_columns!(),
         " FROM orders o
          WHERE o.user_id = $1 AND ($2::timestamptz IS NULL OR (o.created_at, o.id) < ($2, $3))
+           -- Implied by the line above, in the form Postgres prunes partitions by.
+           AND o.created_at <= coalesce($2, 'infinity')
          ORDER BY o.created_at DESC, o.id DESC LIMIT $4"
     ))
     .bind(user_id)

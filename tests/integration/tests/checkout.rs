@@ -219,39 +219,8 @@ async fn concurrent_retries_with_one_idempotency_key_create_one_order() {
 /// or event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_that_loses_its_idempotency_key_writes_nothing() {
-    use shopmesh_order::domain::OrderLine;
-    use shopmesh_order::store::{self, KeyClaim, NewOrder};
-    use shopmesh_platform::money::{Currency, Money};
-
     let (_env, pool, outbox) = order_store().await;
-    let usd = |minor| Money::new(Currency::parse("USD").unwrap(), minor);
-    let lines = [OrderLine {
-        product_id: uuid::Uuid::now_v7().to_string(),
-        sku: "CUP-1".into(),
-        name: "Cup".into(),
-        unit_price: usd(800),
-        quantity: 2,
-    }];
-    let shipping = Default::default();
-    let place = |user: &'static str, key: &'static str| {
-        let (pool, outbox, lines, shipping) = (&pool, &outbox, &lines, &shipping);
-        async move {
-            let order = NewOrder {
-                id: uuid::Uuid::now_v7(),
-                user_id: user,
-                lines,
-                total: usd(1600),
-                shipping_address: shipping,
-                coupon_code: "",
-            };
-            let event = outbox.row(
-                &OrderCreated { order_id: order.id.to_string(), user_id: user.into(), ..Default::default() },
-                &tracing::Span::current(),
-            );
-            let claim = KeyClaim { key, request_hash: "same-request" };
-            store::place_order(pool, &order, Some(claim), &event).await.unwrap().map(|o| o.id)
-        }
-    };
+    let place = |user: &'static str, key: &'static str| place_cups(&pool, &outbox, user, Some(key));
     let counts = || async {
         let mut out = Vec::new();
         for table in ["orders", "order_lines", "order_status_history", "outbox", "idempotency_keys"] {
@@ -283,58 +252,113 @@ async fn order_store() -> (TestEnv, sqlx::PgPool, shopmesh_platform::outbox::Out
     (env, pool, shopmesh_platform::outbox::Outbox::new("order"))
 }
 
+/// Places a two-cup order for `user` straight through the order store,
+/// claiming `key` if given. `None` when another request holds the key.
+async fn place_cups(
+    pool: &sqlx::PgPool,
+    outbox: &shopmesh_platform::outbox::Outbox,
+    user: &str,
+    key: Option<&str>,
+) -> Option<uuid::Uuid> {
+    use shopmesh_order::domain::OrderLine;
+    use shopmesh_order::store::{self, KeyClaim, NewOrder};
+    use shopmesh_platform::money::{Currency, Money};
+
+    let usd = |minor| Money::new(Currency::parse("USD").unwrap(), minor);
+    let lines = [OrderLine {
+        product_id: "p-1".into(),
+        sku: "CUP-1".into(),
+        name: "Cup".into(),
+        unit_price: usd(800),
+        quantity: 2,
+    }];
+    let order = NewOrder {
+        id: uuid::Uuid::now_v7(),
+        user_id: user,
+        lines: &lines,
+        total: usd(1600),
+        shipping_address: &Default::default(),
+        coupon_code: "",
+    };
+    let event = outbox.row(
+        &OrderCreated { order_id: order.id.to_string(), user_id: user.into(), ..Default::default() },
+        &tracing::Span::current(),
+    );
+    let claim = key.map(|key| KeyClaim { key, request_hash: "same-request" });
+    store::place_order(pool, &order, claim, &event).await.unwrap().map(|o| o.id)
+}
+
 /// Lookups by id read the month their id's time stamp names; an order whose
 /// `created_at` lies elsewhere (the service's and the database's clocks
 /// apart) is still found, locked and changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_stored_days_from_its_ids_time_is_still_found_and_changed() {
-    use shopmesh_order::domain::{OrderLine, OrderStatus};
-    use shopmesh_order::store::{self, Change, NewOrder};
-    use shopmesh_platform::money::{Currency, Money};
+    use shopmesh_order::domain::OrderStatus;
+    use shopmesh_order::store::{self, Change};
 
     let (_env, pool, outbox) = order_store().await;
-    let price = Money::new(Currency::parse("USD").unwrap(), 800);
-    let lines = [OrderLine {
-        product_id: "p-1".into(),
-        sku: "CUP-1".into(),
-        name: "Cup".into(),
-        unit_price: price,
-        quantity: 1,
-    }];
-    let order = NewOrder {
-        id: uuid::Uuid::now_v7(),
-        user_id: "user-1",
-        lines: &lines,
-        total: price,
-        shipping_address: &Default::default(),
-        coupon_code: "",
-    };
-    let event =
-        outbox.row(&OrderCreated { order_id: order.id.to_string(), ..Default::default() }, &tracing::Span::current());
-    store::place_order(&pool, &order, None, &event).await.unwrap().expect("placed");
-    assert!(store::load_order(&pool, order.id, Some("user-1")).await.unwrap().is_some(), "found in its month");
+    let id = place_cups(&pool, &outbox, "user-1", None).await.expect("placed");
+    assert!(store::load_order(&pool, id, Some("user-1")).await.unwrap().is_some(), "found in its month");
     assert!(store::load_order(&pool, uuid::Uuid::now_v7(), None).await.unwrap().is_none(), "an unknown id is none");
 
     // Outside the id's window (perhaps in last month's partition), as a
     // database clock two days behind the service's would have put it.
     sqlx::query("UPDATE orders SET created_at = created_at - interval '2 days' WHERE id = $1")
-        .bind(order.id)
+        .bind(id)
         .execute(&pool)
         .await
         .unwrap();
-    let moved = store::load_order(&pool, order.id, Some("user-1")).await.unwrap().expect("still found");
+    let moved = store::load_order(&pool, id, Some("user-1")).await.unwrap().expect("still found");
     assert!(chrono::Utc::now() - moved.created_at > chrono::Duration::days(1));
-    assert!(store::load_order(&pool, order.id, Some("user-2")).await.unwrap().is_none(), "still only its owner's");
+    assert!(store::load_order(&pool, id, Some("user-2")).await.unwrap().is_none(), "still only its owner's");
 
     let mut tx = pool.begin().await.unwrap();
-    let locked = store::lock_order(&mut tx, order.id).await.unwrap().expect("still locked");
+    let locked = store::lock_order(&mut tx, id).await.unwrap().expect("still locked");
     let confirm = Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
     store::apply_change(&mut tx, &locked, &confirm, None).await.unwrap();
     tx.commit().await.unwrap();
-    let changed = store::load_order(&pool, order.id, None).await.unwrap().unwrap();
+    let changed = store::load_order(&pool, id, None).await.unwrap().unwrap();
     assert_eq!(changed.status, OrderStatus::Confirmed);
     assert!(changed.paid);
     assert_eq!(changed.history.len(), 2);
+}
+
+/// A customer's orders page newest first across monthly partitions, each
+/// exactly once, and never another customer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_orders_page_newest_first_across_months() {
+    use shopmesh_order::store;
+
+    let (_env, pool, outbox) = order_store().await;
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        placed.push(place_cups(&pool, &outbox, "user-1", None).await.expect("placed"));
+    }
+    place_cups(&pool, &outbox, "user-2", None).await.expect("placed");
+    // The two oldest into last month's partition, an hour apart.
+    for (hours, id) in [(2, placed[0]), (1, placed[1])] {
+        sqlx::query(
+            "UPDATE orders SET created_at = date_trunc('month', now()) - make_interval(hours => $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(hours)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (orders, next) = store::list_orders(&pool, "user-1", cursor, 2).await.unwrap();
+        pages.push(orders.iter().map(|o| o.id).collect::<Vec<_>>());
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let newest_first: Vec<_> = placed.iter().rev().copied().collect();
+    assert_eq!(pages, [&newest_first[0..2], &newest_first[2..4], &newest_first[4..5]]);
 }
 
 /// Every message on the saga's topics, as (topic, key, payload, headers).
