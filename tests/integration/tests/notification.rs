@@ -171,3 +171,86 @@ async fn a_batch_of_outcomes_is_stored_at_once_and_only_once() {
     assert!(apply(broken).await.is_err(), "an event without a valid recipient fails the batch");
     assert_eq!(count().await, 3, "and the batch wrote nothing");
 }
+
+/// A message that can never apply (not an envelope; no valid recipient) is
+/// dead-lettered at once, one that keeps failing after the configured
+/// attempts (3 here); each lands on `<topic>.dlq` as it was, with the error
+/// and its origin in headers, is counted in `/metrics`, and the consumer
+/// goes on with the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_is_dead_lettered_with_its_error_and_counted() {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+
+    let env = TestEnv::new();
+    let svc = env.launch(&shopmesh_notification::SERVICE).await;
+    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
+    let kafka = env.kafka();
+    let topic = kafka.config.topic(ev::OrderConfirmed::TOPIC);
+    let dlq = env.observer(&format!("{topic}.dlq"));
+    let confirmed = |user: &str| ev::OrderConfirmed {
+        order_id: Uuid::now_v7().to_string(),
+        user_id: user.to_owned(),
+        total: usd(700),
+        ..Default::default()
+    };
+    // The next dead letter: payload and headers.
+    let next_dead_letter = || async {
+        let msg = tokio::time::timeout(Duration::from_secs(30), dlq.recv()).await.expect("a dead letter").unwrap();
+        let headers: std::collections::HashMap<String, String> = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (msg.payload().unwrap_or_default().to_vec(), headers)
+    };
+
+    publish_raw(&kafka, ev::OrderConfirmed::TOPIC, "garbage", b"\xff not an envelope").await;
+    let (payload, headers) = next_dead_letter().await;
+    assert_eq!(payload, b"\xff not an envelope", "dead-lettered as it was");
+    assert_eq!(headers["dlq_attempts"], "1", "never worth a retry: {headers:?}");
+    assert_eq!(headers["dlq_consumer"], "notification");
+    assert_eq!(headers["dlq_original_topic"], topic);
+    assert!(headers["dlq_original_offset"].parse::<i64>().is_ok(), "{headers:?}");
+    assert!(!headers["dlq_error"].is_empty());
+
+    let nobody = publish_event(&kafka, "test", &confirmed("not-a-user-id")).await;
+    let (payload, headers) = next_dead_letter().await;
+    assert_eq!(payload, nobody);
+    assert_eq!(headers["dlq_attempts"], "1");
+    assert!(headers["dlq_error"].contains("not-a-user-id"), "{headers:?}");
+
+    // The consumer went on past both.
+    let alice = Uuid::now_v7();
+    publish_event(&kafka, "test", &confirmed(&alice.to_string())).await;
+    assert_eq!(notifications(&pool, alice, 1).await.len(), 1);
+
+    // A database that refuses bob's row: retried, then dead-lettered.
+    let bob = Uuid::now_v7();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE notifications ADD CONSTRAINT refuses_bob CHECK (user_id <> '{bob}') NOT VALID"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = publish_event(&kafka, "test", &confirmed(&bob.to_string())).await;
+    let (payload, headers) = next_dead_letter().await;
+    assert_eq!(payload, refused);
+    assert_eq!(headers["dlq_attempts"], "3", "every attempt used: {headers:?}");
+    assert!(headers["dlq_error"].contains("refuses_bob"), "{headers:?}");
+
+    sqlx::query("ALTER TABLE notifications DROP CONSTRAINT refuses_bob").execute(&pool).await.unwrap();
+    let carol = Uuid::now_v7();
+    publish_event(&kafka, "test", &confirmed(&carol.to_string())).await;
+    assert_eq!(notifications(&pool, carol, 1).await.len(), 1, "and went on after it");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", svc.http_addr)).await.unwrap().text().await.unwrap();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("consumer_dead_lettered_total") && l.contains("consumer=\"notification\""))
+        .unwrap_or_else(|| panic!("no dead-letter count in {metrics}"));
+    assert!(counted.contains("topic=\"order-events\"") && counted.ends_with(" 3"), "{counted}");
+}
