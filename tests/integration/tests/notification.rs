@@ -25,6 +25,15 @@ async fn notifications(pool: &PgPool, user: Uuid, n: usize) -> Vec<(String, Stri
     .await
 }
 
+/// The notification service started on `env`, its database and the broker.
+async fn notification_service(
+    env: &TestEnv,
+) -> (shopmesh_platform::runtime::Launched, PgPool, shopmesh_platform::kafka::Kafka) {
+    let svc = env.launch(&shopmesh_notification::SERVICE).await;
+    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
+    (svc, pool, env.kafka())
+}
+
 fn usd(minor: i64) -> Option<Money> {
     Some(Money { currency_code: "USD".into(), amount_minor: minor })
 }
@@ -32,9 +41,7 @@ fn usd(minor: i64) -> Option<Money> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_outcomes_notify_the_customer_once_each() {
     let env = TestEnv::new();
-    let _svc = env.launch(&shopmesh_notification::SERVICE).await;
-    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
-    let kafka = env.kafka();
+    let (_svc, pool, kafka) = notification_service(&env).await;
     let user = Uuid::now_v7();
     let order = Uuid::now_v7().to_string();
 
@@ -183,9 +190,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_error_and_counte
     use rdkafka::message::Headers as _;
 
     let env = TestEnv::new();
-    let svc = env.launch(&shopmesh_notification::SERVICE).await;
-    let pool = shopmesh_platform::db::connect(&env.database_url("notification").await, 2).await.unwrap();
-    let kafka = env.kafka();
+    let (svc, pool, kafka) = notification_service(&env).await;
     let topic = kafka.config.topic(ev::OrderConfirmed::TOPIC);
     let dlq = env.observer(&format!("{topic}.dlq"));
     let confirmed = |user: &str| ev::OrderConfirmed {
