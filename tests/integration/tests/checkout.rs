@@ -243,6 +243,40 @@ async fn a_checkout_that_loses_its_idempotency_key_writes_nothing() {
     assert_eq!(counts().await, vec![3, 3, 3, 3, 3]);
 }
 
+/// An Idempotency-Key is kept 24 hours: within them it answers with its
+/// order; after them it is forgotten, taken over by a new order, and swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_kept_a_day_then_taken_over_and_swept() {
+    use shopmesh_order::store::{self, IdempotentHit};
+
+    let (_env, pool, outbox) = order_store().await;
+    let first = place_cups(&pool, &outbox, "user-1", Some("k1")).await.expect("claimed");
+    let hit = |pool: sqlx::PgPool| async move {
+        let mut conn = pool.acquire().await.unwrap();
+        store::find_idempotency_key(&mut conn, "user-1", "k1", "same-request").await.unwrap()
+    };
+    let age_key = |hours: i32| {
+        sqlx::query("UPDATE idempotency_keys SET created_at = now() - make_interval(hours => $1)")
+            .bind(hours)
+            .execute(&pool)
+    };
+
+    age_key(23).await.unwrap();
+    assert!(matches!(hit(pool.clone()).await, Some(IdempotentHit::SameRequest(id)) if id == first));
+    assert_eq!(place_cups(&pool, &outbox, "user-1", Some("k1")).await, None, "still held at 23 h");
+
+    age_key(25).await.unwrap();
+    assert!(hit(pool.clone()).await.is_none(), "forgotten after 24 h");
+    let second = place_cups(&pool, &outbox, "user-1", Some("k1")).await.expect("an expired key is taken over");
+    assert_ne!(second, first);
+    assert!(matches!(hit(pool.clone()).await, Some(IdempotentHit::SameRequest(id)) if id == second));
+
+    age_key(25).await.unwrap();
+    assert_eq!(store::delete_expired_idempotency_keys(&pool).await.unwrap(), 1);
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&pool).await.unwrap();
+    assert_eq!(keys, 0);
+}
+
 /// The order service's store on a fresh database, partitions made.
 async fn order_store() -> (TestEnv, sqlx::PgPool, shopmesh_platform::outbox::Outbox) {
     let env = TestEnv::new();
