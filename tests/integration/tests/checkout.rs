@@ -124,6 +124,42 @@ async fn customer_cancel_of_a_confirmed_order_refunds_and_restocks() {
     assert_eq!(again["order"]["status"], "ORDER_STATUS_CANCELLED");
 }
 
+/// Customers cancelling after checkout at different points of the saga,
+/// from right away (nothing charged yet) to after the confirmation (a
+/// refund): each order ends cancelled by its customer, its stock comes back
+/// and no payment is left captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancels_racing_the_saga_end_cancelled_restocked_and_never_charged() {
+    let shop = Shop::start(|_| {}, true).await;
+    let mat = shop.product("MAT-1", 1500, 8).await;
+    let mut placed = Vec::new();
+    for (n, delay_ms) in [0u64, 250, 1000, 2500].into_iter().enumerate() {
+        let customer = shop.customer(&format!("racer{n}@shop.test")).await;
+        shop.add_to_cart(&customer, &mat, 2).await;
+        let id = shop.checkout(&customer, "tok_visa").await["id"].as_str().unwrap().to_owned();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let cancelled =
+            shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &customer, Some(json!({}))).await;
+        assert_eq!(cancelled["order"]["status"], "ORDER_STATUS_CANCELLED", "{cancelled}");
+        assert_eq!(cancelled["order"]["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
+        placed.push((customer, id));
+    }
+
+    eventually("all stock back", SAGA, || async { (shop.stock(&mat).await == (8, 8, 0)).then_some(()) }).await;
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    for (customer, id) in &placed {
+        let order = shop.order(customer, id).await;
+        assert_eq!(order["status"], "ORDER_STATUS_CANCELLED", "{order}");
+        assert_eq!(order["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST", "{order}");
+        for p in shop.payments(customer, id).await {
+            assert!(
+                ["PAYMENT_STATUS_DECLINED", "PAYMENT_STATUS_REFUNDED"].contains(&p["status"].as_str().unwrap_or("")),
+                "a cancelled order is never left charged: {p}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_stuck_pending_times_out_and_a_late_payment_is_never_kept() {
     // Payment is down: stock gets reserved, nobody charges, the order times out.
