@@ -62,11 +62,9 @@ impl EventHandler for Notifier {
         [OrderConfirmed::TYPE, OrderCancelled::TYPE, PaymentRefunded::TYPE].contains(&event_type)
     }
 
+    /// A set of one: an event on its own is stored the way a batch's are.
     async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
-        let (user_id, message) = notification(event)?;
-        let created = store::insert(tx, event.event_id, user_id, &message).await?;
-        tracing::info!(%user_id, kind = message.kind.as_str(), order_id = %message.order_id, created, "notification");
-        Ok(())
+        self.handle_set(tx, &[Consumed { event, span: tracing::Span::current() }]).await
     }
 
     /// Each message is one row of its own, so a batch's go in one statement.

@@ -24,16 +24,6 @@ impl NotificationRow {
     }
 }
 
-/// Stores the message caused by `event_id`; a second copy of the event is a no-op.
-pub async fn insert(
-    conn: &mut PgConnection,
-    event_id: Uuid,
-    user_id: Uuid,
-    message: &Message,
-) -> Result<bool, sqlx::Error> {
-    Ok(insert_all(conn, &[(event_id, user_id, message)]).await? == 1)
-}
-
 /// Stores the message each event caused, in one statement; copies of events
 /// already stored are no-ops. Returns how many were new.
 pub async fn insert_all(conn: &mut PgConnection, messages: &[(Uuid, Uuid, &Message)]) -> Result<u64, sqlx::Error> {
