@@ -5,12 +5,17 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::pb::common::v1::PageRequest;
+
+/// The keyset position of a newest-first listing: `(created_at, id)` of the
+/// last item returned.
+pub type NewestFirst = (DateTime<Utc>, uuid::Uuid);
 
 /// The effective page size: `default` when unset, capped at `max`.
 pub fn page_size(page: Option<&PageRequest>, default: u32, max: u32) -> Result<u32, Status> {
@@ -60,6 +65,26 @@ pub fn decode_token<T: DeserializeOwned>(page: Option<&PageRequest>, filters: &s
     Ok(Some(env.c))
 }
 
+/// Decodes the token of a newest-first listing (see [`decode_token`]).
+pub fn decode_newest_first(page: Option<&PageRequest>, filters: &str) -> Result<Option<NewestFirst>, Status> {
+    let cursor = decode_token::<NewestFirst>(page, filters)?;
+    if let Some((at, _)) = &cursor {
+        check_cursor_time(at)?;
+    }
+    Ok(cursor)
+}
+
+/// Tokens are not signed, so a client can edit the time in one. Postgres
+/// refuses a time outside its range with an error that would surface as a
+/// 500; refuse anything no row can have been created at instead.
+pub fn check_cursor_time(at: &DateTime<Utc>) -> Result<(), Status> {
+    if (1..=9999).contains(&at.year()) {
+        Ok(())
+    } else {
+        Err(crate::grpc::invalid_argument("page.page_token", "is not a token this list issued"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +111,20 @@ mod tests {
         assert!(decode_token::<(String, String)>(Some(&page(10, &token)), &other).is_err());
         assert!(decode_token::<(String, String)>(Some(&page(10, "garbage!")), &f).is_err());
         assert!(decode_token::<(String, String)>(None, &f).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_newest_first_token_with_an_edited_time_is_refused() {
+        let f = fingerprint(&["orders"]);
+        let id = uuid::Uuid::now_v7();
+        let at = DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap();
+        let token = encode_token(&(at, id), &f);
+        assert_eq!(decode_newest_first(Some(&page(10, &token)), &f).unwrap(), Some((at, id)));
+        for edited in ["-10000-01-01T00:00:00Z", "+20000-01-01T00:00:00Z", "0000-12-31T23:59:59Z"] {
+            let token = encode_token(&(edited, id), &f);
+            let err = decode_newest_first(Some(&page(10, &token)), &f).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{edited}");
+        }
     }
 
     #[test]

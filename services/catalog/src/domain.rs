@@ -391,6 +391,10 @@ pub fn decode_page_token(page: Option<&PageRequest>, filter: &ListFilter) -> Res
         (Some(Cursor::Recent { .. }), true) | (Some(Cursor::Ranked { .. }), false) => {
             Err(invalid_argument("page.page_token", "is not a token this listing issued"))
         }
+        (Some(Cursor::Recent { created_at, id }), false) => {
+            paging::check_cursor_time(&created_at)?;
+            Ok(Some(Cursor::Recent { created_at, id }))
+        }
         (cursor, _) => Ok(cursor),
     }
 }
@@ -594,6 +598,13 @@ mod tests {
         let search = ListFilter::parse("", 0, 0, "mug").unwrap();
         let recent = encode_page_token(&Cursor::Recent { created_at: Utc::now(), id: Uuid::now_v7() }, &search);
         assert!(refused(&recent, &search).message().starts_with("page.page_token"));
+
+        // A time edited past what Postgres can compare with.
+        let edited = paging::encode_token(
+            &serde_json::json!({"Recent": {"created_at": "-10000-01-01T00:00:00Z", "id": Uuid::now_v7()}}),
+            &f.fingerprint(),
+        );
+        assert!(refused(&edited, &f).message().starts_with("page.page_token"));
     }
 
     #[test]

@@ -31,7 +31,10 @@ impl TryFrom<pb::ListNotificationsRequest> for Page {
     type Error = Status;
     fn try_from(r: pb::ListNotificationsRequest) -> Result<Self, Status> {
         let page = r.page.as_ref();
-        Ok(Self { cursor: paging::decode_token(page, &Self::filters())?, limit: paging::page_size(page, 20, 100)? })
+        Ok(Self {
+            cursor: paging::decode_newest_first(page, &Self::filters())?,
+            limit: paging::page_size(page, 20, 100)?,
+        })
     }
 }
 

@@ -50,8 +50,7 @@ pub async fn insert_all(conn: &mut PgConnection, messages: &[(Uuid, Uuid, &Messa
     .rows_affected())
 }
 
-/// Keyset position in a listing: `(created_at, id)` of the last row returned.
-pub type ListCursor = (DateTime<Utc>, Uuid);
+pub use shopmesh_platform::paging::NewestFirst as ListCursor;
 
 /// One page of `user_id`'s notifications after `cursor`, plus one extra row
 /// so the caller knows whether another page exists.

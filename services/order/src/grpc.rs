@@ -321,7 +321,7 @@ impl pb::order_service_server::OrderService for OrderApi {
         let page = req.get_ref().page.as_ref();
         let size = paging::page_size(page, 20, 100)?;
         let filters = paging::fingerprint(&["orders", &caller.user_id]);
-        let cursor = paging::decode_token::<store::ListCursor>(page, &filters)?;
+        let cursor = paging::decode_newest_first(page, &filters)?;
         let (orders, next) = store::list_orders(&self.pool, &caller.user_id, cursor, size).await.map_err(db_error)?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.into_iter().map(order_proto).collect(),

@@ -489,8 +489,7 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error>
     })
 }
 
-/// Keyset cursor of the order list (newest first).
-pub type ListCursor = (DateTime<Utc>, Uuid);
+pub use shopmesh_platform::paging::NewestFirst as ListCursor;
 
 /// A page of `user_id`'s orders after `cursor`, newest first; fetches one
 /// extra row to know whether another page exists.

@@ -38,7 +38,7 @@ impl TryFrom<pb::ListPaymentsRequest> for PaymentQuery {
         let page = r.page.as_ref();
         Ok(Self {
             order_id,
-            cursor: paging::decode_token(page, &Self::filters(order_id))?,
+            cursor: paging::decode_newest_first(page, &Self::filters(order_id))?,
             limit: paging::page_size(page, 20, 100)?,
         })
     }

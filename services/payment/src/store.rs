@@ -220,8 +220,7 @@ pub async fn get_payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentRow>, 
     sqlx::query_as(concat!("SELECT ", columns!(), " FROM payments WHERE id = $1")).bind(id).fetch_optional(pool).await
 }
 
-/// Keyset position in a listing: `(created_at, id)` of the last row returned.
-pub type ListCursor = (DateTime<Utc>, Uuid);
+pub use shopmesh_platform::paging::NewestFirst as ListCursor;
 
 /// One page of `user_id`'s payments, newest first, after `cursor`. Fetches
 /// one extra row so the caller knows whether another page exists.
