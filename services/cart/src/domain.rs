@@ -177,7 +177,7 @@ pub struct PricedCart {
     pub total: Option<Money>,
     pub item_count: u32,
     /// Lines left out because their product is unknown or archived.
-    pub unavailable: Vec<Uuid>,
+    pub unavailable: Vec<Line>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,7 +207,7 @@ pub fn price(cart: &Cart, catalog: &HashMap<Uuid, CatalogProduct>) -> Result<Pri
     let mut item_count = 0u32;
     for line in &cart.lines {
         let Ok(product) = purchasable(line.product_id, catalog) else {
-            unavailable.push(line.product_id);
+            unavailable.push(line.clone());
             continue;
         };
         let line_total = product.price.checked_mul(i64::from(line.quantity.get()))?;
@@ -346,7 +346,8 @@ mod tests {
         let catalog = HashMap::from([(a, product(a, "USD", 100, true)), (b, product(b, "USD", 200, false))]);
         let priced = price(&cart, &catalog).unwrap();
         assert_eq!(priced.total, Some(money("USD", 100)));
-        assert_eq!(priced.unavailable, vec![b, c]);
+        let left_out: Vec<Uuid> = priced.unavailable.iter().map(|l| l.product_id).collect();
+        assert_eq!(left_out, vec![b, c]);
 
         let mixed = HashMap::from([(a, product(a, "USD", 100, true)), (b, product(b, "EUR", 200, true))]);
         assert!(matches!(price(&cart, &mixed), Err(PricingError::MixedCurrencies(_, _))));

@@ -155,9 +155,6 @@ impl CartApi {
     }
 
     fn view(&self, user_id: &str, cart: &Cart, priced: PricedCart) -> pb::Cart {
-        if !priced.unavailable.is_empty() {
-            tracing::debug!(unavailable = ?priced.unavailable, "cart lines without a purchasable product left out");
-        }
         pb::Cart {
             user_id: user_id.to_owned(),
             lines: priced
@@ -173,6 +170,14 @@ impl CartApi {
                 })
                 .collect(),
             total: Some(priced.total.unwrap_or(Money::zero(self.default_currency)).to_proto()),
+            unavailable_lines: priced
+                .unavailable
+                .into_iter()
+                .map(|l| pb::UnavailableLine {
+                    product_id: l.product_id.to_string(),
+                    quantity: i32::from(l.quantity.get()),
+                })
+                .collect(),
             // At most 50 lines of 99.
             item_count: priced.item_count as i32,
             updated_at: Some(timestamp(cart.updated_at)),

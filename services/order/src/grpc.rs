@@ -233,12 +233,17 @@ impl OrderApi {
         req: &Request<pb::CreateOrderRequest>,
     ) -> Result<(Vec<crate::domain::OrderLine>, Money), Status> {
         let cart = self.cart.clone().get_cart(on_behalf(req, shopmesh_cart::pb::GetCartRequest {})).await?.into_inner();
+        let cart = cart.cart.unwrap_or_default();
+        // The cart leaves lines it can no longer sell out of its view; they
+        // go to pricing too, so checkout refuses them instead of quietly
+        // ordering the rest.
         let lines: Vec<CartLine> = cart
-            .cart
-            .map(|c| c.lines)
-            .unwrap_or_default()
+            .lines
             .into_iter()
             .map(|l| CartLine { product_id: l.product_id, quantity: l.quantity })
+            .chain(
+                cart.unavailable_lines.into_iter().map(|l| CartLine { product_id: l.product_id, quantity: l.quantity }),
+            )
             .collect();
         if lines.is_empty() {
             return Err(checkout_status(CheckoutError::EmptyCart));

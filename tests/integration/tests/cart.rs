@@ -125,7 +125,11 @@ async fn carts_are_per_user_validated_and_priced_from_the_catalog() {
     let e = s.add(&alice, &pan, 1).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("Cast Iron Skillet"), "{}", e.message());
-    assert!(s.get(&bob).await.lines.is_empty());
+    let bobs = s.get(&bob).await;
+    assert!(bobs.lines.is_empty());
+    // Still shown, apart, so bob can see what went and remove it.
+    assert_eq!(bobs.unavailable_lines, [pb::UnavailableLine { product_id: pan.clone(), quantity: 1 }]);
+    assert_eq!(bobs.item_count, 0);
 
     // Current prices on every read.
     let req = catalog_pb::UpdateProductRequest {
