@@ -150,6 +150,9 @@ pub enum CheckoutError {
     Unknown(String),
     #[error("invalid quantity for product {0}")]
     Quantity(String),
+    /// Providers cannot charge nothing, so the saga could only decline it.
+    #[error("the order total is zero")]
+    NothingToCharge,
     #[error("{0}")]
     Money(#[from] MoneyError),
 }
@@ -183,6 +186,9 @@ pub fn price_checkout(cart: &[CartLine], catalog: &[CatalogProduct]) -> Result<(
     let currency: Currency = lines[0].unit_price.currency;
     let totals: Result<Vec<Money>, MoneyError> = lines.iter().map(OrderLine::line_total).collect();
     let total = Money::sum(currency, totals?)?;
+    if total.amount_minor <= 0 {
+        return Err(CheckoutError::NothingToCharge);
+    }
     Ok((lines, total))
 }
 
@@ -251,6 +257,15 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].unit_price, usd(1999));
         assert_eq!(total, usd(1999 * 2 + 501));
+    }
+
+    #[test]
+    fn checkout_refuses_a_cart_that_costs_nothing() {
+        let cart = vec![CartLine { product_id: "free".into(), quantity: 3 }];
+        assert_eq!(price_checkout(&cart, &[product("free", 0, true)]), Err(CheckoutError::NothingToCharge));
+        let with_paid = vec![cart[0].clone(), CartLine { product_id: "b".into(), quantity: 1 }];
+        let (_, total) = price_checkout(&with_paid, &[product("free", 0, true), product("b", 501, true)]).unwrap();
+        assert_eq!(total, usd(501));
     }
 
     #[test]

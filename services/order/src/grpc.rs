@@ -56,6 +56,12 @@ impl TryFrom<&pb::CreateOrderRequest> for Checkout {
         if payment_token.is_empty() || payment_token.len() > 200 {
             return Err(invalid_argument("payment_token", "is required (at most 200 characters)"));
         }
+        if !is_provider_token(payment_token) {
+            return Err(invalid_argument(
+                "payment_token",
+                "must be a token from the payment form (like tok_visa), never card details",
+            ));
+        }
         let shipping = match &req.shipping {
             Some(pb::create_order_request::Shipping::ShippingAddressId(id)) => Shipping::SavedAddress(
                 Uuid::parse_str(id).map_err(|_| invalid_argument("shipping_address_id", "is not a valid id"))?,
@@ -76,6 +82,18 @@ impl TryFrom<&pb::CreateOrderRequest> for Checkout {
         }
         Ok(Checkout { payment_token: payment_token.to_owned(), shipping, coupon_code: String::new() })
     }
+}
+
+/// A provider token looks like `tok_…` or `pm_…`: a short lowercase prefix,
+/// an underscore, then letters, digits and underscores. The token travels in
+/// events and outbox rows, so anything else (a pasted card number above all)
+/// is refused before it is stored anywhere.
+fn is_provider_token(token: &str) -> bool {
+    let Some((prefix, rest)) = token.split_once('_') else { return false };
+    (2..=8).contains(&prefix.len())
+        && prefix.bytes().all(|b| b.is_ascii_lowercase())
+        && !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
@@ -106,6 +124,9 @@ fn checkout_status(e: CheckoutError) -> Status {
             Status::failed_precondition(format!("product {id} in the cart is no longer available; remove it and retry"))
         }
         CheckoutError::Quantity(id) => Status::failed_precondition(format!("cart line {id} has an invalid quantity")),
+        CheckoutError::NothingToCharge => {
+            Status::failed_precondition("the cart's total is zero; add something with a price to check out")
+        }
         CheckoutError::Money(m) => Status::failed_precondition(format!("cannot total the cart: {m}")),
     }
 }
@@ -365,4 +386,20 @@ fn reused_key() -> Status {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_tokens_pass_and_card_details_do_not() {
+        for ok in ["tok_visa", "tok_chargeDeclined", "tok_insufficient_funds", "pm_1NqXyZ2eZvKYlo2C"] {
+            assert!(is_provider_token(ok), "{ok}");
+        }
+        for bad in ["4242424242424242", "4242 4242 4242 4242", "tok_", "_visa", "TOK_visa", "tok_visa 12/34", "x_visa"]
+        {
+            assert!(!is_provider_token(bad), "{bad}");
+        }
+    }
 }
