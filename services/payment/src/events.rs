@@ -121,6 +121,11 @@ impl SagaHandler {
             Err(ProviderError::Declined(reason)) => Ok(Outcome::Declined { provider: routed.provider, reason }),
             // Both providers down: retry later; if that never works the order times out.
             Err(ProviderError::Unavailable) => Err(HandlerError::Retryable("no payment provider available".into())),
+            // The retry asks that provider what it did (`earlier_capture`) before anything else.
+            Err(ProviderError::NoAnswer) => Err(HandlerError::Retryable(format!(
+                "provider {} did not answer whether it charged order {key}",
+                routed.provider
+            ))),
         }
     }
 
@@ -169,7 +174,7 @@ impl SagaHandler {
             .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
         match self.router.refund(&payment.provider, &payment.provider_reference, &amount).await {
             Ok(()) => {}
-            Err(ProviderError::Unavailable) => {
+            Err(ProviderError::Unavailable | ProviderError::NoAnswer) => {
                 return Err(HandlerError::Retryable("refund provider unavailable".into()));
             }
             // Money we hold but cannot return needs a person: dead-letter it.

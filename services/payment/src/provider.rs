@@ -28,9 +28,15 @@ pub enum ProviderError {
     /// The card or token was refused; final for this payment.
     #[error("declined: {0}")]
     Declined(String),
-    /// The provider could not be reached or failed; worth trying elsewhere or later.
+    /// The provider did not take the request (unreachable, refused,
+    /// overloaded): nothing was charged, so another provider may be asked.
     #[error("provider unavailable")]
     Unavailable,
+    /// The request may have reached the provider but no answer came back
+    /// (a timeout, a dropped connection): it may have charged. Never fail
+    /// over on this; ask the same provider again later (`find_charge`).
+    #[error("provider did not answer")]
+    NoAnswer,
 }
 
 #[async_trait::async_trait]
@@ -57,8 +63,10 @@ pub trait ChargeJournal: Send + Sync {
     async fn before_charge(&self, provider: &str) -> Result<(), String>;
 }
 
-/// Stripe-test-mode stand-in. `tok_provider_down` makes a provider built with
-/// `down_on_test_token` report itself unavailable (the secondary charges it).
+/// Stripe-test-mode stand-in. On a provider built with `down_on_test_token`,
+/// `tok_provider_down` reports it unavailable (the secondary charges it) and
+/// `tok_provider_timeout` charges but loses the answer; the secondary charges
+/// both normally.
 pub struct TestProvider {
     name: &'static str,
     down_on_test_token: bool,
@@ -91,7 +99,7 @@ impl TestProvider {
             "tok_visa" => card("visa ending 4242"),
             "tok_mastercard" => card("mastercard ending 4444"),
             "tok_provider_down" if self.down_on_test_token => Err(ProviderError::Unavailable),
-            "tok_provider_down" => card("visa ending 4242"),
+            "tok_provider_down" | "tok_provider_timeout" => card("visa ending 4242"),
             "tok_chargeDeclined" => Err(ProviderError::Declined("card_declined".into())),
             "tok_insufficient_funds" => Err(ProviderError::Declined("insufficient_funds".into())),
             _ => Err(ProviderError::Declined("invalid_token".into())),
@@ -114,6 +122,9 @@ impl PaymentProvider for TestProvider {
         // Outages aren't remembered: a retry after one is a fresh attempt.
         if outcome != Err(ProviderError::Unavailable) {
             charges.insert(idempotency_key.to_owned(), outcome.clone());
+        }
+        if token == "tok_provider_timeout" && self.down_on_test_token {
+            return Err(ProviderError::NoAnswer);
         }
         outcome
     }
@@ -214,11 +225,14 @@ impl Router {
                 match &outcome {
                     // A decline means the provider is up and working.
                     Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
-                    Err(ProviderError::Unavailable) => breaker.on_failure(self.clock.now()),
+                    Err(ProviderError::Unavailable | ProviderError::NoAnswer) => breaker.on_failure(self.clock.now()),
                 }
             }
             self.record_state();
             count(self.primary.name(), &outcome);
+            // Only a request the primary never took may go elsewhere: after
+            // no answer it may hold the money, and a second provider would
+            // charge the customer twice.
             if outcome != Err(ProviderError::Unavailable) {
                 return Ok(Routed { provider: self.primary.name().to_owned(), outcome });
             }
@@ -259,6 +273,7 @@ fn count(provider: &str, outcome: &Result<Charge, ProviderError>) {
         Ok(_) => "captured",
         Err(ProviderError::Declined(_)) => "declined",
         Err(ProviderError::Unavailable) => "unavailable",
+        Err(ProviderError::NoAnswer) => "no_answer",
     };
     metrics::counter!("payment_charges_total", "provider" => provider.to_owned(), "outcome" => label).increment(1);
 }
@@ -464,6 +479,18 @@ mod tests {
         assert_eq!(routed.provider, PRIMARY);
         assert_eq!(routed.outcome, Err(ProviderError::Declined("card_declined".into())));
         assert_eq!(router.breaker_state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_never_failed_over_and_the_charge_is_found_again() {
+        let router = Router::test_mode(BreakerConfig::default());
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_provider_timeout", &usd(100), &journal).await.unwrap();
+        assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
+        assert_eq!(*journal.0.lock().unwrap(), vec![PRIMARY.to_owned()], "the secondary was never asked");
+        let found = router.find_charge(PRIMARY, "o1").await.unwrap().expect("the primary holds the charge");
+        assert_eq!(found.amount, usd(100));
+        assert_eq!(router.find_charge(SECONDARY, "o1").await.unwrap(), None);
     }
 
     #[tokio::test]
