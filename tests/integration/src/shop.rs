@@ -22,6 +22,8 @@ pub struct Shop {
     pub admin: String,
     /// The payment service and its own shutdown (tests stop and restart it).
     pub payment: Option<(Launched, Shutdown)>,
+    /// The order service and its own shutdown, likewise.
+    pub order: Option<(Launched, Shutdown)>,
 }
 
 pub fn url(l: &Launched) -> String {
@@ -45,7 +47,8 @@ impl Shop {
         let inventory = env.launch(&shopmesh_inventory::SERVICE).await;
         let cart = env.launch(&shopmesh_cart::SERVICE).await;
         env.set("CART_URL", url(&cart));
-        let order = env.launch(&shopmesh_order::SERVICE).await;
+        let order_stop = env.shutdown.child();
+        let order = env.launch_stoppable(&shopmesh_order::SERVICE, order_stop.clone()).await;
         let notification = env.launch(&shopmesh_notification::SERVICE).await;
         let mut backends: Vec<(&ServiceDef, &Launched)> = vec![
             (&shopmesh_auth::SERVICE, &auth),
@@ -68,7 +71,23 @@ impl Shop {
         let gw = env.launch_gateway(&backends).await;
         let http = Client::new();
         let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        Shop { env, gw, http, admin, payment }
+        Shop { env, gw, http, admin, payment, order: Some((order, order_stop)) }
+    }
+
+    /// Stops the service held in `slot` and waits until its process is
+    /// gone; returns the address it served on.
+    pub async fn stop(slot: &mut Option<(Launched, Shutdown)>) -> std::net::SocketAddr {
+        let (running, stop) = slot.take().expect("service is running");
+        stop.trigger();
+        running.task.await.expect("service task").expect("service stopped cleanly");
+        running.grpc_addr
+    }
+
+    /// Starts `def` again on `addr`, where the gateway expects it.
+    pub async fn restart(&mut self, def: &'static ServiceDef, addr: std::net::SocketAddr) -> (Launched, Shutdown) {
+        self.env.set(&format!("{}.GRPC_ADDR", def.spec.name), addr.to_string());
+        let stop = self.env.shutdown.child();
+        (self.env.launch_stoppable(def, stop.clone()).await, stop)
     }
 
     pub fn at(&self, path: &str) -> String {

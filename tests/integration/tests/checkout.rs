@@ -197,6 +197,125 @@ async fn an_order_stuck_pending_times_out_and_a_late_payment_is_never_kept() {
     assert_eq!(shop.stock(&kit).await, (5, 5, 0));
 }
 
+/// The order is cancelled while its payment is being captured, and the
+/// capture reaches the order only afterwards: the money goes back, the
+/// history says so, and the customer is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_captured_after_the_order_was_cancelled_is_refunded() {
+    let mut shop = Shop::start(|_| {}, true).await;
+    let vase = shop.product("VASE-1", 3200, 4).await;
+    let bowl = shop.product("BOWL-1", 900, 4).await;
+    let ada = shop.customer("ada@shop.test").await;
+    // Every consumer is in its group before anything stops.
+    let first = place_single_item_order(&shop, &ada, &bowl).await;
+    assert_eq!(shop.final_order(&ada, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    shop.ok(reqwest::Method::DELETE, "/v1/cart", &ada, None).await;
+    shop.add_to_cart(&ada, &vase, 1).await;
+
+    // Payment is away: the order waits with its stock reserved.
+    let payment_addr = Shop::stop(&mut shop.payment).await;
+    let id = shop.checkout(&ada, "tok_visa").await["id"].as_str().unwrap().to_owned();
+    eventually("stock reserved", SAGA, || async { (shop.stock(&vase).await == (3, 4, 1)).then_some(()) }).await;
+    // Order goes away; payment comes back and captures.
+    let order_addr = Shop::stop(&mut shop.order).await;
+    shop.payment = Some(shop.restart(&shopmesh_payment::SERVICE, payment_addr).await);
+    eventually("captured", SAGA, || async {
+        let payments = shop.payments(&ada, &id).await;
+        (payments.first().is_some_and(|p| p["status"] == "PAYMENT_STATUS_CAPTURED")).then_some(())
+    })
+    .await;
+    // The order times out before it hears of the capture.
+    let pool = shopmesh_platform::db::connect(&shop.env.database_url("order").await, 1).await.unwrap();
+    let outbox = shopmesh_platform::outbox::Outbox::new("order");
+    let cancelled = shopmesh_order::events::cancel_timed_out(&pool, &outbox, Duration::ZERO).await.unwrap();
+    assert_eq!(cancelled, 1);
+    shop.order = Some(shop.restart(&shopmesh_order::SERVICE, order_addr).await);
+
+    eventually("refunded", SAGA, || async {
+        let payments = shop.payments(&ada, &id).await;
+        (payments.len() == 1 && payments[0]["status"] == "PAYMENT_STATUS_REFUNDED").then_some(())
+    })
+    .await;
+    let order = eventually("refund in the history", SAGA, || async {
+        let order = shop.order(&ada, &id).await;
+        (order["history"].as_array().unwrap().len() == 4).then_some(order)
+    })
+    .await;
+    assert_eq!(order["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(order["cancelReason"], "CANCEL_REASON_TIMEOUT");
+    let notes: Vec<&str> =
+        order["history"].as_array().unwrap().iter().map(|h| h["note"].as_str().unwrap_or("")).collect();
+    assert_eq!(notes[2], "payment captured after cancellation; refund follows", "{order}");
+    assert!(notes[3].contains("refunded"), "{order}");
+    eventually("stock back", SAGA, || async { (shop.stock(&vase).await == (4, 4, 0)).then_some(()) }).await;
+    let kinds = eventually("refund notice", SAGA, || async {
+        let kinds: Vec<String> =
+            shop.notifications(&ada).await.iter().map(|n| n["kind"].as_str().unwrap().to_owned()).collect();
+        kinds.contains(&"NOTIFICATION_KIND_ORDER_REFUNDED".to_owned()).then_some(kinds)
+    })
+    .await;
+    assert!(kinds.contains(&"NOTIFICATION_KIND_ORDER_CANCELLED".to_owned()), "{kinds:?}");
+    let payments = shop.payments(&ada, &id).await;
+    assert_eq!((payments.len(), &payments[0]["status"]), (1, &json!("PAYMENT_STATUS_REFUNDED")), "charged once");
+}
+
+/// A primary that is down sends the charge to the secondary and, after
+/// five outages, opens its breaker (seen in /metrics); a primary that took
+/// the charge but never answered is asked again, not bypassed, so the
+/// customer pays once, at the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charges_fail_over_when_the_primary_is_down_but_never_when_it_did_not_answer() {
+    let shop = Shop::start(|_| {}, true).await;
+    let kay = shop.customer("kay@shop.test").await;
+    // A product per order: a confirmed order's late cart clear never takes the next one's line.
+    let mut pens = Vec::new();
+    for i in 0..7 {
+        pens.push(shop.product(&format!("PEN-{i}"), 300, 5).await);
+    }
+    let checkout = async |pen: &str, card: &str| {
+        shop.ok(reqwest::Method::DELETE, "/v1/cart", &kay, None).await;
+        shop.add_to_cart(&kay, pen, 1).await;
+        shop.checkout(&kay, card).await["id"].as_str().unwrap().to_owned()
+    };
+
+    let id = checkout(&pens[0], "tok_visa").await;
+    let order = shop.final_order(&kay, &id).await;
+    assert_eq!(order["status"], "ORDER_STATUS_CONFIRMED", "{order}");
+    let payments = shop.payments(&kay, &id).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["provider"], "primary");
+
+    let lost = checkout(&pens[1], "tok_provider_timeout").await;
+    assert_eq!(shop.final_order(&kay, &lost).await["status"], "ORDER_STATUS_CONFIRMED");
+    let payments = shop.payments(&kay, &lost).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(
+        (&payments[0]["provider"], &payments[0]["status"]),
+        (&json!("primary"), &json!("PAYMENT_STATUS_CAPTURED"))
+    );
+
+    let mut down = Vec::new();
+    for pen in &pens[2..] {
+        down.push(checkout(pen, "tok_provider_down").await);
+    }
+    for id in &down {
+        assert_eq!(shop.final_order(&kay, id).await["status"], "ORDER_STATUS_CONFIRMED", "{id}");
+        let payments = shop.payments(&kay, id).await;
+        assert_eq!(payments.len(), 1);
+        assert_eq!(payments[0]["provider"], "secondary", "{id}");
+    }
+    let (running, _) = shop.payment.as_ref().unwrap();
+    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let line =
+        |name: &str, label: &str| metrics.lines().find(|l| l.starts_with(name) && l.contains(label)).map(str::to_owned);
+    // One failure for the lost answer and four outages open it (1).
+    let breaker = line("payment_breaker_state", "provider=\"primary\"").unwrap_or_else(|| panic!("{metrics}"));
+    assert!(breaker.ends_with(" 1"), "{breaker}");
+    assert!(line("payment_charges_total", "outcome=\"no_answer\"").is_some(), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let shop = Shop::start(|_| {}, true).await;
@@ -218,6 +337,165 @@ async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let id = first["order"]["id"].as_str().unwrap();
     assert_eq!(shop.final_order(&gus, id).await["status"], "ORDER_STATUS_CONFIRMED");
     assert_eq!(shop.payments(&gus, id).await.len(), 1);
+}
+
+/// The `field` a 400's BadRequest detail names.
+async fn refused_field(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    body["details"][0]["fieldViolations"][0]["field"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no field in {body}"))
+        .to_owned()
+}
+
+/// A checkout the shop cannot take is a 400 that says what to fix, and
+/// places nothing: bad fields, someone else's saved address, a line the shop
+/// stopped selling, a cart that costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkout_the_shop_cannot_take_is_a_400_saying_what_to_fix_and_places_nothing() {
+    let shop = Shop::start(|_| {}, true).await;
+    let mug = shop.product("MUG-400", 1250, 10).await;
+    let pan = shop.product("PAN-400", 3000, 10).await;
+    let sticker = shop.product("FREE-400", 0, 10).await;
+    let dana = shop.customer("dana@shop.test").await;
+    let erin = shop.customer("erin@shop.test").await;
+    let save_address = |token: String, label: &'static str| {
+        let shop = &shop;
+        async move {
+            let body = json!({"label": label, "postalAddress": address()});
+            let saved = shop.ok(reqwest::Method::POST, "/v1/users/me/addresses", &token, Some(body)).await;
+            saved["address"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let danas_home = save_address(dana.clone(), "home").await;
+    let erins_home = save_address(erin.clone(), "home").await;
+    shop.add_to_cart(&dana, &mug, 1).await;
+
+    let with = |extra: Value| {
+        let mut body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        body
+    };
+    let mut bad_country = address();
+    bad_country["countryCode"] = json!("USA");
+    let cases = [
+        (with(json!({"paymentToken": null})), "payment_token"),
+        (with(json!({"paymentToken": "4242 4242 4242 4242"})), "payment_token"),
+        (with(json!({"shippingAddress": null})), "shipping_address_id"),
+        (with(json!({"shippingAddress": bad_country})), "shipping_address.country_code"),
+        (with(json!({"shippingAddress": null, "shippingAddressId": "home"})), "shipping_address_id"),
+        (with(json!({"shippingAddress": null, "shippingAddressId": uuid::Uuid::now_v7()})), "shipping_address_id"),
+        (with(json!({"shippingAddress": null, "shippingAddressId": erins_home})), "shipping_address_id"),
+        (with(json!({"couponCode": "SAVE10"})), "coupon_code"),
+    ];
+    for (body, field) in cases {
+        let resp = shop.send(reqwest::Method::POST, "/v1/orders", &dana, Some(body.clone())).await;
+        assert_eq!(refused_field(resp).await, field, "{body}");
+    }
+    let long_key = "k".repeat(256);
+    assert_eq!(
+        refused_field(shop.checkout_with_key(&dana, &long_key, &with(json!({}))).await).await,
+        "Idempotency-Key"
+    );
+
+    // A line the shop stopped selling shows apart in the cart, and checkout
+    // names it until it is removed; nothing is ordered without it.
+    shop.add_to_cart(&dana, &pan, 2).await;
+    shop.ok(reqwest::Method::DELETE, &format!("/v1/products/{pan}"), &shop.admin, None).await;
+    let cart = shop.ok(reqwest::Method::GET, "/v1/cart", &dana, None).await["cart"].clone();
+    assert_eq!(cart["unavailableLines"], json!([{"productId": pan, "quantity": 2}]), "{cart}");
+    assert_eq!(cart["total"]["amountMinor"], "1250", "{cart}");
+    let resp = shop.send(reqwest::Method::POST, "/v1/orders", &dana, Some(with(json!({})))).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["message"].as_str().unwrap().contains(&pan), "{err}");
+    let orders = shop.ok(reqwest::Method::GET, "/v1/orders", &dana, None).await;
+    assert_eq!(orders.get("orders"), None, "nothing placed by any refused checkout: {orders}");
+
+    // Free alone cannot be charged; with it gone the saved address works.
+    shop.ok(reqwest::Method::DELETE, "/v1/cart", &dana, None).await;
+    shop.add_to_cart(&dana, &sticker, 1).await;
+    let resp = shop.send(reqwest::Method::POST, "/v1/orders", &dana, Some(with(json!({})))).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["message"].as_str().unwrap().contains("zero"), "{err}");
+    shop.add_to_cart(&dana, &mug, 1).await;
+    let body = with(json!({"shippingAddress": null, "shippingAddressId": danas_home}));
+    let placed = shop.ok(reqwest::Method::POST, "/v1/orders", &dana, Some(body)).await["order"].clone();
+    assert_eq!(placed["shippingAddress"], address(), "{placed}");
+    assert_eq!(placed["total"]["amountMinor"], "1250");
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(shop.final_order(&dana, id).await["status"], "ORDER_STATUS_CONFIRMED");
+}
+
+/// Ids and page tokens a client made up are 400s naming the field; another
+/// customer's order is a 404 to read or cancel; the list pages newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_ids_and_tokens_are_400s_and_other_customers_orders_404s() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let shop = Shop::start(|_| {}, true).await;
+    let frank = shop.customer("frank@shop.test").await;
+    let gina = shop.customer("gina@shop.test").await;
+    let mut placed = Vec::new();
+    // A product per order: a confirmed order's late cart clear never takes the next one's line.
+    for i in 0..3 {
+        let cup = shop.product(&format!("CUP-40{i}"), 800, 10).await;
+        placed.push(place_single_item_order(&shop, &frank, &cup).await);
+    }
+
+    let get = async |path: &str, token: &str| shop.send(reqwest::Method::GET, path, token, None).await;
+    assert_eq!(refused_field(get("/v1/orders/abc", &frank).await).await, "id");
+    let cancel = async |path: &str, token: &str| shop.send(reqwest::Method::POST, path, token, None).await;
+    assert_eq!(refused_field(cancel("/v1/orders/abc:cancel", &frank).await).await, "id");
+    assert_eq!(get(&format!("/v1/orders/{}", placed[0]), &gina).await.status(), 404);
+    assert_eq!(cancel(&format!("/v1/orders/{}:cancel", placed[0]), &gina).await.status(), 404);
+    for id in &placed {
+        assert_eq!(shop.final_order(&frank, id).await["status"], "ORDER_STATUS_CONFIRMED");
+    }
+
+    // Two at a time, newest first, each once.
+    let mut seen = Vec::new();
+    let mut tokens = Vec::new();
+    let mut token = String::new();
+    loop {
+        let path = format!("/v1/orders?page.pageSize=2&page.pageToken={token}");
+        let list = shop.ok(reqwest::Method::GET, &path, &frank, None).await;
+        seen.extend(list["orders"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()));
+        token = list["page"]["nextPageToken"].as_str().unwrap_or("").to_owned();
+        if token.is_empty() {
+            break;
+        }
+        tokens.push(token.clone());
+    }
+    assert_eq!(seen, placed.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(tokens.len(), 1);
+    let token = &tokens[0];
+    assert_eq!(refused_field(get("/v1/orders?page.pageSize=-1", &frank).await).await, "page.page_size");
+    // Another customer's token, and a token with its time edited past what
+    // the database can compare with.
+    let resp = get(&format!("/v1/orders?page.pageToken={token}"), &gina).await;
+    assert_eq!(refused_field(resp).await, "page.page_token");
+    let mut cursor: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token).unwrap()).unwrap();
+    cursor["c"][0] = json!("-10000-01-01T00:00:00Z");
+    let edited = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap());
+    let resp = get(&format!("/v1/orders?page.pageToken={edited}"), &frank).await;
+    assert_eq!(refused_field(resp).await, "page.page_token");
+
+    assert_eq!(refused_field(get("/v1/payments?orderId=nope", &frank).await).await, "order_id");
+    let payments = shop.ok(reqwest::Method::GET, "/v1/payments?page.pageSize=1", &frank, None).await;
+    let token = payments["page"]["nextPageToken"].as_str().unwrap();
+    let mut cursor: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token).unwrap()).unwrap();
+    cursor["c"][0] = json!("+20000-01-01T00:00:00Z");
+    let edited = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap());
+    let resp = get(&format!("/v1/payments?page.pageToken={edited}"), &frank).await;
+    assert_eq!(refused_field(resp).await, "page.page_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -468,7 +746,8 @@ async fn redelivering_every_saga_event_changes_nothing() {
     let hat = shop.product("HAT-1", 1500, 10).await;
     let hal = shop.customer("hal@shop.test").await;
     // One confirmed and then customer-cancelled order (reserve, capture, confirm,
-    // commit, cancel, restock, refund) and one declined order.
+    // commit, cancel, restock, refund), one declined order and one for more
+    // than the shop has.
     shop.add_to_cart(&hal, &hat, 2).await;
     let a = shop.checkout(&hal, "tok_visa").await["id"].as_str().unwrap().to_owned();
     assert_eq!(shop.final_order(&hal, &a).await["status"], "ORDER_STATUS_CONFIRMED");
@@ -476,6 +755,9 @@ async fn redelivering_every_saga_event_changes_nothing() {
     shop.add_to_cart(&hal, &hat, 1).await;
     let b = shop.checkout(&hal, "tok_insufficient_funds").await["id"].as_str().unwrap().to_owned();
     assert_eq!(shop.final_order(&hal, &b).await["status"], "ORDER_STATUS_CANCELLED");
+    shop.add_to_cart(&hal, &hat, 11).await;
+    let c = shop.checkout(&hal, "tok_visa").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&hal, &c).await["cancelReason"], "CANCEL_REASON_OUT_OF_STOCK");
     shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
 
     let snapshot = || async {
@@ -483,6 +765,7 @@ async fn redelivering_every_saga_event_changes_nothing() {
             shop.stock(&hat).await,
             history(&shop.order(&hal, &a).await),
             history(&shop.order(&hal, &b).await),
+            history(&shop.order(&hal, &c).await),
             shop.payments(&hal, &a).await,
             shop.payments(&hal, &b).await,
             shop.notifications(&hal).await.len(),
@@ -511,6 +794,7 @@ async fn redelivering_every_saga_event_changes_nothing() {
         "StockReleased",
         "PaymentRefunded",
         "PaymentDeclined",
+        "StockReservationFailed",
     ] {
         assert!(types.contains(&format!("shopmesh.events.v1.{t}")), "{t} was published: {types:?}");
     }
@@ -543,12 +827,10 @@ async fn a_consumer_stopped_mid_saga_and_restarted_finishes_it() {
         ids.push(place_single_item_order(&shop, &ivy, &book).await);
     }
     running.task.await.unwrap().unwrap();
+    let addr = running.grpc_addr;
     // …then a new one starts on the same address and finishes every saga,
     // charging each order once.
-    shop.env.set("payment.GRPC_ADDR", running.grpc_addr.to_string());
-    let stop = shop.env.shutdown.child();
-    let restarted = shop.env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await;
-    shop.payment = Some((restarted, stop));
+    shop.payment = Some(shop.restart(&shopmesh_payment::SERVICE, addr).await);
     for id in &ids {
         assert_eq!(shop.final_order(&ivy, id).await["status"], "ORDER_STATUS_CONFIRMED", "order {id}");
         assert_eq!(shop.payments(&ivy, id).await.len(), 1, "charged exactly once: {id}");
