@@ -31,6 +31,9 @@ pub fn chargeable(m: &PbMoney) -> Result<Money, AmountError> {
 pub enum PaymentStatus {
     Captured,
     Declined,
+    /// Cancelled while captured; the provider has not taken the refund yet
+    /// and it is retried in the background.
+    RefundPending,
     Refunded,
 }
 
@@ -46,6 +49,7 @@ impl PaymentStatus {
         match self {
             Self::Captured => "CAPTURED",
             Self::Declined => "DECLINED",
+            Self::RefundPending => "REFUND_PENDING",
             Self::Refunded => "REFUNDED",
         }
     }
@@ -54,6 +58,7 @@ impl PaymentStatus {
         match s {
             "CAPTURED" => Some(Self::Captured),
             "DECLINED" => Some(Self::Declined),
+            "REFUND_PENDING" => Some(Self::RefundPending),
             "REFUNDED" => Some(Self::Refunded),
             _ => None,
         }
@@ -62,8 +67,16 @@ impl PaymentStatus {
     /// Only captured money can be given back, and only once.
     pub fn refund(self) -> Result<Self, TransitionError> {
         match self {
-            Self::Captured => Ok(Self::Refunded),
+            Self::Captured | Self::RefundPending => Ok(Self::Refunded),
             from => Err(TransitionError { from, action: "refunded" }),
+        }
+    }
+
+    /// A refund the provider could not take yet stays owed.
+    pub fn defer_refund(self) -> Result<Self, TransitionError> {
+        match self {
+            Self::Captured | Self::RefundPending => Ok(Self::RefundPending),
+            from => Err(TransitionError { from, action: "left owing a refund" }),
         }
     }
 
@@ -113,6 +126,14 @@ pub fn on_cancelled(existing: Option<PaymentStatus>) -> OnCancelled {
         Some(Ok(_)) => OnCancelled::Refund,
         _ => OnCancelled::Nothing,
     }
+}
+
+/// How long to wait before asking the provider again for a refund that has
+/// failed `attempts` times: doubling from `base`, at most an hour, so a long
+/// outage is retried for as long as it lasts without hammering anyone.
+pub fn refund_retry_delay(attempts: u32, base: Duration) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+    doubled.min(Duration::from_secs(3600))
 }
 
 /// The primary provider's breaker, as Prometheus sees it.
@@ -235,6 +256,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_the_provider_could_not_take_stays_owed_until_it_goes_through() {
+        assert_eq!(PaymentStatus::Captured.defer_refund(), Ok(PaymentStatus::RefundPending));
+        assert_eq!(PaymentStatus::RefundPending.defer_refund(), Ok(PaymentStatus::RefundPending));
+        assert_eq!(PaymentStatus::RefundPending.refund(), Ok(PaymentStatus::Refunded));
+        assert!(PaymentStatus::Declined.defer_refund().is_err());
+        assert!(PaymentStatus::Refunded.defer_refund().is_err());
+        assert_eq!(on_cancelled(Some(PaymentStatus::RefundPending)), OnCancelled::Refund);
+        assert_eq!(
+            on_reserved(Some(PaymentStatus::RefundPending), true),
+            OnReserved::AlreadyHandled(PaymentStatus::RefundPending)
+        );
+    }
+
+    #[test]
+    fn refund_retries_back_off_to_an_hour() {
+        let base = Duration::from_secs(2);
+        let delays: Vec<u64> = (1..=5).map(|n| refund_retry_delay(n, base).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32]);
+        assert_eq!(refund_retry_delay(12, base), Duration::from_secs(3600));
+        assert_eq!(refund_retry_delay(u32::MAX, base), Duration::from_secs(3600));
+        assert_eq!(refund_retry_delay(0, base), base);
+    }
+
+    #[test]
     fn declined_payment_cannot_be_refunded() {
         let err = PaymentStatus::Declined.refund().unwrap_err();
         assert_eq!(err.from, PaymentStatus::Declined);
@@ -243,14 +288,18 @@ mod tests {
     #[test]
     fn a_payment_is_never_captured_twice() {
         assert_eq!(PaymentStatus::capture(None), Ok(PaymentStatus::Captured));
-        for existing in [PaymentStatus::Captured, PaymentStatus::Declined, PaymentStatus::Refunded] {
+        for existing in
+            [PaymentStatus::Captured, PaymentStatus::Declined, PaymentStatus::RefundPending, PaymentStatus::Refunded]
+        {
             assert!(PaymentStatus::capture(Some(existing)).is_err(), "{existing:?}");
         }
     }
 
     #[test]
     fn status_round_trips_through_its_column_value() {
-        for s in [PaymentStatus::Captured, PaymentStatus::Declined, PaymentStatus::Refunded] {
+        for s in
+            [PaymentStatus::Captured, PaymentStatus::Declined, PaymentStatus::RefundPending, PaymentStatus::Refunded]
+        {
             assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(PaymentStatus::parse("PENDING"), None);

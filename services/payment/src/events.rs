@@ -2,14 +2,18 @@
 //! (inventory-events) → charges → `PaymentCaptured`/`PaymentDeclined`, and
 //! `OrderCancelled` (order-events) → refunds a captured payment →
 //! `PaymentRefunded`. Publishes through the outbox in the inbox's transaction.
+//! A refund the provider cannot take yet is owed (REFUND_PENDING) and retried
+//! in the background (`run_refund_retrier`) until it goes through.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::pb::common::v1::Money;
 use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, StockReserved};
+use shopmesh_platform::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -27,6 +31,8 @@ pub struct SagaHandler {
     /// (the handler's own transaction commits after). A pool of its own: a
     /// handler holding a connection never waits for a second from its pool.
     pub journal_pool: PgPool,
+    /// First wait before a refund the provider did not take is asked again.
+    pub refund_retry: Duration,
 }
 
 /// Journals charge attempts of one order to `charge_attempts`.
@@ -170,21 +176,7 @@ impl SagaHandler {
     }
 
     async fn refund(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
-        let amount = store::amount(payment)
-            .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
-        match self.router.refund(&payment.provider, &payment.provider_reference, &amount).await {
-            Ok(()) => {}
-            Err(ProviderError::Unavailable | ProviderError::NoAnswer) => {
-                return Err(HandlerError::Retryable("refund provider unavailable".into()));
-            }
-            // Money we hold but cannot return needs a person: dead-letter it.
-            Err(ProviderError::Declined(why)) => {
-                return Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)));
-            }
-        }
-        store::record_refund(tx, &self.outbox, payment).await?;
-        tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
-        Ok(())
+        attempt_refund(tx, &self.router, &self.outbox, payment, self.refund_retry).await
     }
 
     /// A cancelled order without a payment row may still have been charged
@@ -214,5 +206,94 @@ impl SagaHandler {
         };
         let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
         self.refund(tx, &row).await
+    }
+}
+
+/// Asks the provider to give `payment`'s money back and records the answer
+/// in `tx`: refunded (with `PaymentRefunded`), or, when the provider could
+/// not take the request, still owed and asked again after a back-off. A
+/// provider refusing outright is `Permanent`: money we hold but cannot
+/// return needs a person.
+async fn attempt_refund(
+    tx: &mut PgConnection,
+    router: &Router,
+    outbox: &Outbox,
+    payment: &store::PaymentRow,
+    first_retry: Duration,
+) -> Result<(), HandlerError> {
+    let amount = store::amount(payment)
+        .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
+    match router.refund(&payment.provider, &payment.provider_reference, &amount).await {
+        Ok(()) => {
+            store::record_refund(tx, outbox, payment).await?;
+            tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
+            Ok(())
+        }
+        Err(e @ (ProviderError::Unavailable | ProviderError::NoAnswer)) => {
+            let failures = u32::try_from(payment.refund_attempts).unwrap_or(0).saturating_add(1);
+            let retry_in = domain::refund_retry_delay(failures, first_retry);
+            store::defer_refund(tx, payment, &e.to_string(), retry_in).await?;
+            metrics::counter!("payment_refunds_deferred_total", "provider" => payment.provider.clone()).increment(1);
+            tracing::warn!(
+                order_id = %payment.order_id, payment_id = %payment.id, failures, retry_in_ms = retry_in.as_millis() as u64,
+                error = %e, "the provider did not take the refund; it is owed and will be asked again"
+            );
+            Ok(())
+        }
+        Err(ProviderError::Declined(why)) => {
+            Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)))
+        }
+    }
+}
+
+/// Asks again, in the background, for refunds a provider did not take.
+pub struct RefundRetrier {
+    pub pool: PgPool,
+    pub router: Arc<Router>,
+    pub outbox: Outbox,
+    pub first_retry: Duration,
+}
+
+/// How many owed refunds one pass takes on (each is one provider call).
+const REFUNDS_PER_PASS: i64 = 20;
+
+impl RefundRetrier {
+    /// One pass over the refunds that are due; returns how many were tried.
+    pub async fn retry_due(&self) -> Result<usize, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let due = store::lock_due_refunds(&mut tx, REFUNDS_PER_PASS).await?;
+        for payment in &due {
+            match attempt_refund(&mut tx, &self.router, &self.outbox, payment, self.first_retry).await {
+                Ok(()) => {}
+                Err(HandlerError::Permanent(why)) => {
+                    // Nobody to dead-letter to here: keep it owed and visible
+                    // (payment_refunds_pending), asking again hourly.
+                    tracing::error!(order_id = %payment.order_id, payment_id = %payment.id, error = %why,
+                        "the provider refuses a refund we owe; a person must look at it");
+                    store::defer_refund(&mut tx, payment, &why, Duration::from_secs(3600)).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.outbox.commit(tx).await?;
+        Ok(due.len())
+    }
+}
+
+/// Runs `retrier` every `interval` until shutdown, keeping the
+/// `payment_refunds_pending` gauge current.
+pub async fn run_refund_retrier(retrier: RefundRetrier, interval: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = retrier.retry_due().await {
+            tracing::warn!(error = %e, "retrying owed refunds failed");
+        }
+        match store::count_pending_refunds(&retrier.pool).await {
+            Ok(n) => metrics::gauge!("payment_refunds_pending").set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "counting owed refunds failed"),
+        }
     }
 }

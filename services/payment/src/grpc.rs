@@ -53,6 +53,7 @@ impl From<PaymentStatus> for pb::PaymentStatus {
         match s {
             PaymentStatus::Captured => Self::Captured,
             PaymentStatus::Declined => Self::Declined,
+            PaymentStatus::RefundPending => Self::RefundPending,
             PaymentStatus::Refunded => Self::Refunded,
         }
     }

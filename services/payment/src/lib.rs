@@ -3,6 +3,7 @@
 //! Wiring only.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
@@ -50,14 +51,28 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         success_threshold: rt.config.source.parse_or("BREAKER_SUCCESSES", defaults.success_threshold)?,
     };
     let router = Arc::new(provider::Router::test_mode(breaker));
+    let refund_retry = rt.config.source.millis_or("REFUND_RETRY_MS", Duration::from_secs(2))?;
     let database_url = rt.config.database_url.clone().context("payment needs DATABASE_URL")?;
     let journal_pool = shopmesh_platform::db::connect(&database_url, 2).await?;
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],
-        handler: Arc::new(events::SagaHandler { router, outbox: rt.outbox().clone(), journal_pool }),
+        handler: Arc::new(events::SagaHandler {
+            router: router.clone(),
+            outbox: rt.outbox().clone(),
+            journal_pool,
+            refund_retry,
+        }),
         pace: Pace::Prompt,
     });
+    let retrier = events::RefundRetrier {
+        pool: rt.pool().clone(),
+        router,
+        outbox: rt.outbox().clone(),
+        first_retry: refund_retry,
+    };
+    let stop = rt.shutdown().clone();
+    rt.spawn_task(events::run_refund_retrier(retrier, refund_retry, stop));
     let api = grpc::PaymentApi { pool: rt.pool().clone() };
     Ok(Routes::new(pb::payment_service_server::PaymentServiceServer::new(api)))
 }

@@ -66,13 +66,20 @@ pub trait ChargeJournal: Send + Sync {
 /// Stripe-test-mode stand-in. On a provider built with `down_on_test_token`,
 /// `tok_provider_down` reports it unavailable (the secondary charges it) and
 /// `tok_provider_timeout` charges but loses the answer; the secondary charges
-/// both normally.
+/// both normally. A charge made with `tok_refund_outage` is captured, but
+/// its refund finds the provider unavailable the first
+/// `REFUND_OUTAGE_FAILURES` times it is asked.
 pub struct TestProvider {
     name: &'static str,
     down_on_test_token: bool,
     charges: Mutex<HashMap<String, Result<Charge, ProviderError>>>,
     refunded: Mutex<HashSet<String>>,
+    refund_failures: Mutex<HashMap<String, u32>>,
 }
+
+/// Refund attempts a `tok_refund_outage` charge fails before one succeeds.
+pub const REFUND_OUTAGE_FAILURES: u32 = 2;
+const REFUND_OUTAGE_MARK: &str = "_refund_outage";
 
 impl TestProvider {
     pub fn primary() -> Self {
@@ -84,7 +91,13 @@ impl TestProvider {
     }
 
     fn new(name: &'static str, down_on_test_token: bool) -> Self {
-        Self { name, down_on_test_token, charges: Mutex::default(), refunded: Mutex::default() }
+        Self {
+            name,
+            down_on_test_token,
+            charges: Mutex::default(),
+            refunded: Mutex::default(),
+            refund_failures: Mutex::default(),
+        }
     }
 
     fn outcome(&self, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
@@ -100,6 +113,8 @@ impl TestProvider {
             "tok_mastercard" => card("mastercard ending 4444"),
             "tok_provider_down" if self.down_on_test_token => Err(ProviderError::Unavailable),
             "tok_provider_down" | "tok_provider_timeout" => card("visa ending 4242"),
+            "tok_refund_outage" => card("visa ending 4242")
+                .map(|c| Charge { provider_reference: format!("{}{REFUND_OUTAGE_MARK}", c.provider_reference), ..c }),
             "tok_chargeDeclined" => Err(ProviderError::Declined("card_declined".into())),
             "tok_insufficient_funds" => Err(ProviderError::Declined("insufficient_funds".into())),
             _ => Err(ProviderError::Declined("invalid_token".into())),
@@ -133,6 +148,14 @@ impl PaymentProvider for TestProvider {
         // References survive our restarts but this map doesn't: trust our own prefix.
         if !provider_reference.starts_with(&format!("{}_ch_", self.name)) {
             return Err(ProviderError::Declined("no_such_charge".into()));
+        }
+        if provider_reference.ends_with(REFUND_OUTAGE_MARK) {
+            let mut failures = self.refund_failures.lock().expect("provider map poisoned");
+            let failed = failures.entry(provider_reference.to_owned()).or_default();
+            if *failed < REFUND_OUTAGE_FAILURES {
+                *failed += 1;
+                return Err(ProviderError::Unavailable);
+            }
         }
         self.refunded.lock().expect("provider map poisoned").insert(provider_reference.to_owned());
         Ok(())

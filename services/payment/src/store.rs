@@ -24,6 +24,8 @@ pub struct PaymentRow {
     pub provider_reference: String,
     pub card_display: String,
     pub decline_reason: String,
+    /// Refund attempts the provider did not take (REFUND_PENDING).
+    pub refund_attempts: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -43,7 +45,7 @@ impl PaymentRow {
 macro_rules! columns {
     () => {
         "id, order_id, user_id, currency_code, amount_minor, status, provider, provider_reference, card_display, \
-         decline_reason, created_at, updated_at"
+         decline_reason, refund_attempts, created_at, updated_at"
     };
 }
 
@@ -209,6 +211,47 @@ pub async fn record_refund(conn: &mut PgConnection, outbox: &Outbox, payment: &P
     .bind(PaymentStatus::Refunded.as_str());
     event.bind(query).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Marks `payment` as still owing its refund after a failed attempt, to be
+/// asked again after `retry_in`.
+pub async fn defer_refund(
+    conn: &mut PgConnection,
+    payment: &PaymentRow,
+    error: &str,
+    retry_in: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET status = $2, refund_attempts = refund_attempts + 1, refund_error = $3,
+                next_refund_at = now() + make_interval(secs => $4), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(payment.id)
+    .bind(PaymentStatus::RefundPending.as_str())
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` refunds due for another attempt, locked; rows another
+/// transaction holds (the consumer, another replica) are skipped.
+pub async fn lock_due_refunds(conn: &mut PgConnection, limit: i64) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM payments WHERE status = 'REFUND_PENDING' AND next_refund_at <= now()
+         ORDER BY next_refund_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many refunds are owed and not yet taken by a provider.
+pub async fn count_pending_refunds(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'REFUND_PENDING'").fetch_one(pool).await
 }
 
 /// The amount of a stored payment, for a provider refund.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost::Message as _;
 use shopmesh_payment::domain::BreakerConfig;
-use shopmesh_payment::events::SagaHandler;
+use shopmesh_payment::events::{RefundRetrier, SagaHandler};
 use shopmesh_payment::grpc::PaymentApi;
 use shopmesh_payment::pb;
 use shopmesh_payment::pb::payment_service_server::PaymentService as _;
@@ -83,7 +83,12 @@ async fn harness() -> Harness {
     let primary = Arc::new(SwitchablePrimary { inner: TestProvider::primary(), down: AtomicBool::new(false) });
     let secondary = Arc::new(TestProvider::secondary());
     let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
-    let handler = SagaHandler { router: Arc::new(router), outbox: Outbox::new("payment"), journal_pool: pool.clone() };
+    let handler = SagaHandler {
+        router: Arc::new(router),
+        outbox: Outbox::new("payment"),
+        journal_pool: pool.clone(),
+        refund_retry: std::time::Duration::from_secs(60),
+    };
     Harness { api: PaymentApi { pool: pool.clone() }, handler, primary, secondary, pool, db_name }
 }
 
@@ -125,6 +130,25 @@ impl Harness {
         rows.iter()
             .map(|b| E::decode(EventEnvelope::decode(b.as_slice()).unwrap().payload.as_slice()).unwrap())
             .collect()
+    }
+
+    /// The background retrier of owed refunds, on the handler's providers.
+    fn refund_retrier(&self) -> RefundRetrier {
+        RefundRetrier {
+            pool: self.pool.clone(),
+            router: self.handler.router.clone(),
+            outbox: Outbox::new("payment"),
+            first_retry: self.handler.refund_retry,
+        }
+    }
+
+    /// Makes the order's owed refund due now; returns its failed attempts so far.
+    async fn make_refund_due(&self, order_id: Uuid) -> i32 {
+        sqlx::query_scalar("UPDATE payments SET next_refund_at = now() WHERE order_id = $1 RETURNING refund_attempts")
+            .bind(order_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     async fn status_of(&self, order_id: Uuid) -> Option<String> {
@@ -203,6 +227,46 @@ async fn reservation_is_charged_once_and_cancellation_refunds_it() {
     assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
 
     // Another cancellation finds nothing left to refund.
+    h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap();
+    assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
+    h.drop_db().await;
+}
+
+/// A provider outage during a refund does not send the cancellation to the
+/// dead-letter topic with the customer's money kept: the refund is owed,
+/// shown, and asked for again until the provider takes it, once.
+#[tokio::test]
+async fn a_refund_the_provider_cannot_take_is_owed_and_retried_until_it_goes_through() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.deliver(&reserved(order, user, "tok_visa", 4100)).await.unwrap();
+    let taken = h.primary.inner.find_charge(&order.to_string()).await.unwrap().expect("captured");
+
+    h.primary.down.store(true, Ordering::SeqCst);
+    assert!(h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap(), "applied, not retried");
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUND_PENDING"));
+    assert!(h.published::<PaymentRefunded>().await.is_empty());
+    let shown = h.api.list_payments(as_user(user, &[], pb::ListPaymentsRequest::default())).await.unwrap();
+    assert_eq!(shown.into_inner().payments[0].status, pb::PaymentStatus::RefundPending as i32);
+
+    let retrier = h.refund_retrier();
+    assert_eq!(retrier.retry_due().await.unwrap(), 0, "not due before its back-off");
+    assert_eq!(h.make_refund_due(order).await, 1);
+    assert_eq!(retrier.retry_due().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUND_PENDING"), "still down: still owed");
+    assert_eq!(h.make_refund_due(order).await, 2);
+
+    h.primary.down.store(false, Ordering::SeqCst);
+    assert_eq!(retrier.retry_due().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference));
+    let refunded = h.published::<PaymentRefunded>().await;
+    assert_eq!(refunded.len(), 1);
+    assert_eq!(refunded[0].amount.as_ref().unwrap().amount_minor, 4100);
+
+    // Nothing is owed any more, and a later cancellation refunds nothing.
+    h.make_refund_due(order).await;
+    assert_eq!(retrier.retry_due().await.unwrap(), 0);
     h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap();
     assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
     h.drop_db().await;

@@ -316,6 +316,44 @@ async fn charges_fail_over_when_the_primary_is_down_but_never_when_it_did_not_an
     assert!(line("payment_charges_total", "outcome=\"no_answer\"").is_some(), "{metrics}");
 }
 
+/// A refund the provider cannot take during an outage is owed and shown as
+/// pending, never dead-lettered with the money kept, and goes through once
+/// the provider takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_during_a_provider_outage_is_owed_then_paid_back() {
+    let shop = Shop::start(|env| env.set("REFUND_RETRY_MS", "500"), true).await;
+    let lamp = shop.product("LAMP-9", 5400, 3).await;
+    let lea = shop.customer("lea@shop.test").await;
+    shop.add_to_cart(&lea, &lamp, 1).await;
+    let id = shop.checkout(&lea, "tok_refund_outage").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&lea, &id).await["status"], "ORDER_STATUS_CONFIRMED");
+
+    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &lea, Some(json!({}))).await;
+    let status = async || shop.payments(&lea, &id).await[0]["status"].as_str().unwrap().to_owned();
+    eventually("refund owed", SAGA, || async { (status().await == "PAYMENT_STATUS_REFUND_PENDING").then_some(()) })
+        .await;
+    eventually("refunded", SAGA, || async { (status().await == "PAYMENT_STATUS_REFUNDED").then_some(()) }).await;
+    let order = eventually("refund in the history", SAGA, || async {
+        let order = shop.order(&lea, &id).await;
+        (order["history"].as_array().unwrap().last().unwrap()["note"] == "payment refunded").then_some(order)
+    })
+    .await;
+    assert_eq!(order["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
+    eventually("refund notice", SAGA, || async {
+        let notes = shop.notifications(&lea).await;
+        notes.iter().any(|n| n["kind"] == "NOTIFICATION_KIND_ORDER_REFUNDED").then_some(())
+    })
+    .await;
+    eventually("restocked", SAGA, || async { (shop.stock(&lamp).await == (3, 3, 0)).then_some(()) }).await;
+
+    let (running, _) = shop.payment.as_ref().unwrap();
+    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let deferred = metrics.lines().find(|l| l.starts_with("payment_refunds_deferred_total"));
+    assert!(deferred.is_some_and(|l| l.ends_with(" 2")), "two attempts the provider did not take: {metrics}");
+    assert!(!metrics.lines().any(|l| l.starts_with("consumer_dead_lettered_total")), "nothing dead-lettered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let shop = Shop::start(|_| {}, true).await;
