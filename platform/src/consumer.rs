@@ -70,6 +70,16 @@ pub trait EventHandler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Called once, inside `tx`, before a batch applied in more than one
+    /// step, with every event about to be applied. A handler whose steps lock
+    /// shared rows takes all of those locks here, in its one global order:
+    /// each step alone locks in that order, but a transaction running several
+    /// would interleave them (one order's rows, then another's) and could
+    /// deadlock with a batch applied concurrently elsewhere. Nothing by default.
+    async fn lock_batch(&self, _tx: &mut PgConnection, _events: &[&ReceivedEvent]) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// An event being applied as part of a set, with its consume span.
@@ -292,6 +302,10 @@ impl EventConsumer {
             |i| events[i].event_type(),
             |kind| self.handler.applies_as_set(kind),
         );
+        if steps.len() > 1 {
+            let applying: Vec<&ReceivedEvent> = to_apply.iter().map(|&i| &events[i]).collect();
+            self.handler.lock_batch(&mut tx, &applying).await?;
+        }
         for step in steps {
             let started = Instant::now();
             match step {

@@ -185,6 +185,33 @@ impl EventHandler for SagaHandler {
         [ev::OrderCreated::TYPE, ev::OrderConfirmed::TYPE].contains(&event_type)
     }
 
+    async fn lock_batch(&self, tx: &mut PgConnection, events: &[&ReceivedEvent]) -> Result<(), HandlerError> {
+        let mut orders = Vec::with_capacity(events.len());
+        let mut reserving = Vec::new();
+        for event in events {
+            // An event that does not decode fails in its own step; nothing to lock for it.
+            let raw_order_id = if event.is::<ev::OrderCreated>() {
+                let Ok(created) = event.payload::<ev::OrderCreated>() else { continue };
+                let products = created.lines.iter().filter_map(|l| ProductId::parse("product_id", &l.product_id).ok());
+                reserving.extend(products);
+                created.order_id
+            } else if event.is::<ev::PaymentDeclined>() {
+                event.payload::<ev::PaymentDeclined>().map(|e| e.order_id).unwrap_or_default()
+            } else if event.is::<ev::OrderCancelled>() {
+                event.payload::<ev::OrderCancelled>().map(|e| e.order_id).unwrap_or_default()
+            } else if event.is::<ev::OrderConfirmed>() {
+                event.payload::<ev::OrderConfirmed>().map(|e| e.order_id).unwrap_or_default()
+            } else {
+                continue;
+            };
+            if let Ok(id) = OrderId::parse("order_id", &raw_order_id) {
+                orders.push(id);
+            }
+        }
+        self.store.lock_for_batch(tx, &orders, &reserving).await?;
+        Ok(())
+    }
+
     async fn handle_set(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
         match set.first() {
             Some(c) if c.event.is::<ev::OrderCreated>() => self.orders_created(tx, set).await,

@@ -6,6 +6,9 @@
 //!    step of one order (two Reserves of one order can't both see "none yet");
 //! 2. the stock rows involved, `FOR UPDATE`, ordered by product id.
 //!
+//! A transaction that runs several steps (a consumer batch) takes all of
+//! its steps' locks first, in that order ([`Store::lock_for_batch`]).
+//!
 //! The `*_in` functions take the caller's connection so the saga consumer can
 //! run them inside its inbox transaction; they must be called inside a
 //! transaction (the advisory lock is released at its end).
@@ -383,6 +386,34 @@ fn totals(lines: &[Line]) -> Vec<(ProductId, i64)> {
         *by_product.entry(l.product_id).or_default() += i64::from(l.quantity.get());
     }
     by_product.into_iter().collect()
+}
+
+impl Store {
+    /// Takes every lock a batch of saga steps will need, before any step
+    /// runs: the orders' advisory locks, then the stock rows of what they
+    /// reserve (`reserving`, from OrderCreated) or already hold. The steps
+    /// take them again, which a lock already held makes free.
+    pub async fn lock_for_batch(
+        &self,
+        conn: &mut PgConnection,
+        orders: &[OrderId],
+        reserving: &[ProductId],
+    ) -> Result<(), sqlx::Error> {
+        lock_orders(conn, orders).await?;
+        let orders: Vec<Uuid> = orders.iter().map(OrderId::as_uuid).collect();
+        let reserving: Vec<Uuid> = reserving.iter().map(ProductId::as_uuid).collect();
+        sqlx::query(
+            "SELECT 1 FROM stock
+             WHERE product_id = ANY($1)
+                OR product_id IN (SELECT product_id FROM reservation_lines WHERE order_id = ANY($2))
+             ORDER BY product_id FOR UPDATE",
+        )
+        .bind(&reserving)
+        .bind(&orders)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Takes the advisory lock of every order in `order_ids`, in id order (the

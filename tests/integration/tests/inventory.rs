@@ -592,3 +592,75 @@ async fn a_backlog_of_order_events_settles_as_one_by_one_would() {
     assert_eq!(outboxed::<ev::StockReservationFailed>(&pool).await.len(), 2);
     assert_eq!(outboxed::<ev::StockCommitted>(&pool).await.len(), 2);
 }
+
+/// Two replicas each apply a batch of two steps whose products cross: one
+/// releases an order holding `a` then reserves `b`, the other releases an
+/// order holding `b` then reserves `a`. Step by step (each step locking its
+/// own rows in order) the second steps deadlock; with the batch's locks
+/// taken up front the second batch waits for the first and both apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_batches_with_crossing_steps_wait_for_each_other_instead_of_deadlocking() {
+    use shopmesh_platform::consumer::EventHandler as _;
+    use shopmesh_platform::events::ReceivedEvent;
+
+    let env = TestEnv::new();
+    let (store, _pool) = store(&env).await;
+    let (a, b) = (product(), product());
+    set(&store, a, 10).await;
+    set(&store, b, 10).await;
+    let (holds_a, holds_b) = (order(), order());
+    checkout(&store, holds_a, &lines(&[(a, 1)])).await.unwrap();
+    checkout(&store, holds_b, &lines(&[(b, 1)])).await.unwrap();
+
+    fn received<E: DomainEvent>(event: &E) -> ReceivedEvent {
+        let envelope = shopmesh_platform::events::envelope("test", event);
+        ReceivedEvent::decode_envelope(&envelope.encode_to_vec(), E::TOPIC, 0, 0).unwrap()
+    }
+    let cancel = |o: OrderId| received(&ev::OrderCancelled { order_id: o.to_string(), ..Default::default() });
+    let create = |o: OrderId, p: ProductId| {
+        let line = ev::OrderLine { product_id: p.to_string(), quantity: 1, ..Default::default() };
+        received(&ev::OrderCreated { order_id: o.to_string(), lines: vec![line], ..Default::default() })
+    };
+    let first = [cancel(holds_a), create(order(), b)];
+    let second = [cancel(holds_b), create(order(), a)];
+
+    let handler = std::sync::Arc::new(shopmesh_inventory::events::SagaHandler { store: store.clone() });
+    let first_step_done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let second_step_done = std::sync::Arc::new(tokio::sync::Notify::new());
+    // Applies `batch` as the consumer does, pausing after its first step
+    // until the other batch has taken its first step (or 500 ms passed).
+    let apply = |batch: [ReceivedEvent; 2],
+                 done: std::sync::Arc<tokio::sync::Notify>,
+                 other: std::sync::Arc<tokio::sync::Notify>,
+                 go_first: bool| {
+        let (handler, pool) = (handler.clone(), store.pool().clone());
+        tokio::spawn(async move {
+            if !go_first {
+                other.notified().await;
+            }
+            let mut tx = pool.begin().await?;
+            handler
+                .lock_batch(&mut tx, &[&batch[0], &batch[1]])
+                .await
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            handler.handle(&mut tx, &batch[0]).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            done.notify_one();
+            if go_first {
+                let _ = tokio::time::timeout(Duration::from_millis(500), other.notified()).await;
+            }
+            handler.handle(&mut tx, &batch[1]).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            tx.commit().await
+        })
+    };
+    let one = apply(first, first_step_done.clone(), second_step_done.clone(), true);
+    let two = apply(second, second_step_done, first_step_done, false);
+    one.await.unwrap().expect("first batch applied");
+    two.await.unwrap().expect("second batch applied");
+
+    // Each released one unit and reserved one of the other product.
+    assert_eq!(level(&store, a).await.reserved, 1);
+    assert_eq!(level(&store, b).await.reserved, 1);
+    for o in [holds_a, holds_b] {
+        assert_eq!(store.get_reservation(o).await.unwrap().unwrap().status, ReservationStatus::Released);
+    }
+}
