@@ -83,6 +83,13 @@ impl SagaHandler {
                 tracing::info!(%order_id, ?status, "order already has a payment; not charging again");
                 return Ok(());
             }
+            // An attempt before the cancellation was journaled: whatever it
+            // took is settled as for any cancelled order (refunded, or asked
+            // about again later), and nothing is charged.
+            OnReserved::DeclineCancelled if !known.attempted.is_empty() => {
+                let unrecorded = Unrecorded { order_id, user_id: &reserved.user_id, attempted: &known.attempted };
+                return settle_unrecorded_capture(tx, &self.refunds(), unrecorded, 0).await;
+            }
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
             }
@@ -104,7 +111,7 @@ impl SagaHandler {
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };
         let key = payment.order_id.to_string();
-        if let Some((provider, charge)) = self.earlier_capture(payment.order_id, attempted).await? {
+        if let Some((provider, charge)) = earlier_capture(&self.router, payment.order_id, attempted).await? {
             tracing::warn!(order_id = %key, %provider, "taking over a capture an unrecorded attempt made");
             return Ok(Outcome::Captured {
                 provider,
@@ -135,28 +142,6 @@ impl SagaHandler {
         }
     }
 
-    /// A capture held by one of the providers journaled (`attempted`) for
-    /// `order_id`. A journaled provider that cannot answer may hold money:
-    /// retry rather than guess.
-    async fn earlier_capture(
-        &self,
-        order_id: Uuid,
-        attempted: &[String],
-    ) -> Result<Option<(String, crate::provider::Charge)>, HandlerError> {
-        for provider in attempted {
-            match self.router.find_charge(provider, &order_id.to_string()).await {
-                Ok(Some(charge)) => return Ok(Some((provider.clone(), charge))),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(HandlerError::Retryable(format!(
-                        "provider {provider} was asked to charge order {order_id} and cannot say whether it did: {e}"
-                    )));
-                }
-            }
-        }
-        Ok(None)
-    }
-
     async fn on_order_cancelled(&self, tx: &mut PgConnection, cancelled: OrderCancelled) -> Result<(), HandlerError> {
         let order_id = id("order_id", &cancelled.order_id)?;
         let reason = CancelReason::try_from(cancelled.reason).unwrap_or(CancelReason::Unspecified).as_str_name();
@@ -166,7 +151,8 @@ impl SagaHandler {
         store::record_cancellation(tx, order_id, reason).await?;
         let known = store::order_payment(tx, order_id).await?;
         let Some(payment) = known.payment else {
-            return self.refund_unrecorded_capture(tx, order_id, &cancelled, &known.attempted).await;
+            let unrecorded = Unrecorded { order_id, user_id: &cancelled.user_id, attempted: &known.attempted };
+            return settle_unrecorded_capture(tx, &self.refunds(), unrecorded, 0).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
             tracing::info!(%order_id, status = %payment.status, "cancelled order holds no captured payment");
@@ -179,34 +165,92 @@ impl SagaHandler {
         attempt_refund(tx, &self.router, &self.outbox, payment, self.refund_retry).await
     }
 
-    /// A cancelled order without a payment row may still have been charged
-    /// by an attempt that never committed: record that capture and refund it.
-    async fn refund_unrecorded_capture(
-        &self,
-        tx: &mut PgConnection,
-        order_id: Uuid,
-        cancelled: &OrderCancelled,
-        attempted: &[String],
-    ) -> Result<(), HandlerError> {
-        let Some((provider, charge)) = self.earlier_capture(order_id, attempted).await? else {
-            tracing::info!(%order_id, "order cancelled before any payment");
-            return Ok(());
-        };
-        tracing::warn!(%order_id, %provider, "cancelled order holds an unrecorded capture; refunding it");
-        let payment = NewPayment {
-            order_id,
-            user_id: id("user_id", &cancelled.user_id)?,
-            currency_code: charge.amount.currency.as_str().to_owned(),
-            amount_minor: charge.amount.amount_minor,
-        };
-        let outcome = Outcome::Captured {
-            provider,
-            provider_reference: charge.provider_reference,
-            card_display: charge.card_display,
-        };
-        let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
-        self.refund(tx, &row).await
+    fn refunds(&self) -> Refunds<'_> {
+        Refunds { router: &self.router, outbox: &self.outbox, first_retry: self.refund_retry }
     }
+}
+
+/// A capture held by one of the providers journaled (`attempted`) for
+/// `order_id`. A journaled provider that cannot answer may hold money:
+/// retry rather than guess.
+async fn earlier_capture(
+    router: &Router,
+    order_id: Uuid,
+    attempted: &[String],
+) -> Result<Option<(String, crate::provider::Charge)>, HandlerError> {
+    for provider in attempted {
+        match router.find_charge(provider, &order_id.to_string()).await {
+            Ok(Some(charge)) => return Ok(Some((provider.clone(), charge))),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(HandlerError::Retryable(format!(
+                    "provider {provider} was asked to charge order {order_id} and cannot say whether it did: {e}"
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What giving money back needs: the providers, the outbox, the first wait
+/// before asking a silent provider again.
+struct Refunds<'a> {
+    router: &'a Router,
+    outbox: &'a Outbox,
+    first_retry: Duration,
+}
+
+/// A cancelled order that has no payment row.
+struct Unrecorded<'a> {
+    order_id: Uuid,
+    user_id: &'a str,
+    /// Providers journaled as asked to charge it.
+    attempted: &'a [String],
+}
+
+/// A cancelled order without a payment row may still have been charged by
+/// an attempt that never committed: record that capture and refund it. If
+/// a journaled provider cannot say (`unanswered` times before), the
+/// question is kept in `capture_checks` and asked again later instead of
+/// failing the cancellation into the dead-letter topic.
+async fn settle_unrecorded_capture(
+    tx: &mut PgConnection,
+    refunds: &Refunds<'_>,
+    order: Unrecorded<'_>,
+    unanswered: i32,
+) -> Result<(), HandlerError> {
+    let order_id = order.order_id;
+    let found = match earlier_capture(refunds.router, order_id, order.attempted).await {
+        Ok(found) => found,
+        Err(HandlerError::Retryable(why)) => {
+            let attempts = unanswered.saturating_add(1);
+            let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), refunds.first_retry);
+            let user_id = id("user_id", order.user_id)?;
+            store::owe_capture_check(tx, order_id, user_id, attempts, &why, retry_in).await?;
+            metrics::counter!("payment_capture_checks_deferred_total").increment(1);
+            tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some((provider, charge)) = found else {
+        tracing::info!(%order_id, "order cancelled before any payment");
+        return Ok(());
+    };
+    tracing::warn!(%order_id, %provider, "cancelled order holds an unrecorded capture; refunding it");
+    let payment = NewPayment {
+        order_id,
+        user_id: id("user_id", order.user_id)?,
+        currency_code: charge.amount.currency.as_str().to_owned(),
+        amount_minor: charge.amount.amount_minor,
+    };
+    let outcome = Outcome::Captured {
+        provider,
+        provider_reference: charge.provider_reference,
+        card_display: charge.card_display,
+    };
+    let row = store::record_payment(tx, refunds.outbox, &payment, &outcome).await?;
+    attempt_refund(tx, refunds.router, refunds.outbox, &row, refunds.first_retry).await
 }
 
 /// Asks the provider to give `payment`'s money back and records the answer
@@ -278,6 +322,37 @@ impl RefundRetrier {
         self.outbox.commit(tx).await?;
         Ok(due.len())
     }
+
+    /// One pass over the cancelled orders waiting to learn whether a silent
+    /// provider holds their money; returns how many were asked. Each runs in
+    /// its own transaction under the order's lock, as the consumer does.
+    pub async fn check_due_captures(&self) -> Result<usize, HandlerError> {
+        let due = store::due_capture_checks(&self.pool, REFUNDS_PER_PASS).await?;
+        let refunds = Refunds { router: &self.router, outbox: &self.outbox, first_retry: self.first_retry };
+        for check in &due {
+            let mut tx = self.pool.begin().await?;
+            store::lock_order(&mut tx, check.order_id).await?;
+            if !store::take_capture_check(&mut tx, check.order_id).await? {
+                continue;
+            }
+            let known = store::order_payment(&mut tx, check.order_id).await?;
+            match known.payment {
+                None => {
+                    let user_id = check.user_id.to_string();
+                    let unrecorded =
+                        Unrecorded { order_id: check.order_id, user_id: &user_id, attempted: &known.attempted };
+                    settle_unrecorded_capture(&mut tx, &refunds, unrecorded, check.attempts).await?;
+                }
+                // Recorded meanwhile (a declined reservation, or the capture
+                // itself): that payment's own path answers for it.
+                Some(payment) => {
+                    tracing::info!(order_id = %check.order_id, status = %payment.status, "capture check: the order has a payment now");
+                }
+            }
+            self.outbox.commit(tx).await?;
+        }
+        Ok(due.len())
+    }
 }
 
 /// Runs `retrier` every `interval` until shutdown, keeping the
@@ -291,9 +366,16 @@ pub async fn run_refund_retrier(retrier: RefundRetrier, interval: Duration, shut
         if let Err(e) = retrier.retry_due().await {
             tracing::warn!(error = %e, "retrying owed refunds failed");
         }
+        if let Err(e) = retrier.check_due_captures().await {
+            tracing::warn!(error = %e, "asking about unrecorded captures failed");
+        }
         match store::count_pending_refunds(&retrier.pool).await {
             Ok(n) => metrics::gauge!("payment_refunds_pending").set(n as f64),
             Err(e) => tracing::warn!(error = %e, "counting owed refunds failed"),
+        }
+        match store::count_capture_checks(&retrier.pool).await {
+            Ok(n) => metrics::gauge!("payment_capture_checks_pending").set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "counting capture checks failed"),
         }
     }
 }

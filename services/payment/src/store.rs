@@ -249,6 +249,65 @@ pub async fn lock_due_refunds(conn: &mut PgConnection, limit: i64) -> Result<Vec
     .await
 }
 
+/// Keeps the question whether a journaled provider holds money for the
+/// cancelled `order_id`, to be asked again after `retry_in`. `attempts` is
+/// how often it has now gone unanswered.
+pub async fn owe_capture_check(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    user_id: Uuid,
+    attempts: i32,
+    error: &str,
+    retry_in: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO capture_checks (order_id, user_id, attempts, last_error, next_check_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+         ON CONFLICT (order_id) DO UPDATE
+            SET attempts = capture_checks.attempts + 1, last_error = $4, next_check_at = EXCLUDED.next_check_at",
+    )
+    .bind(order_id)
+    .bind(user_id)
+    .bind(attempts)
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A capture check that is due.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CaptureCheck {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    /// How often the question has gone unanswered.
+    pub attempts: i32,
+}
+
+/// Up to `limit` capture checks that are due, oldest first. Not locked: the
+/// caller takes the order's lock, then [`take_capture_check`].
+pub async fn due_capture_checks(pool: &PgPool, limit: i64) -> Result<Vec<CaptureCheck>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, user_id, attempts FROM capture_checks WHERE next_check_at <= now()
+         ORDER BY next_check_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Removes the order's capture check; false if another pass already took it.
+pub async fn take_capture_check(conn: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query("DELETE FROM capture_checks WHERE order_id = $1").bind(order_id).execute(conn).await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// How many cancelled orders still wait to learn whether a provider holds money.
+pub async fn count_capture_checks(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM capture_checks").fetch_one(pool).await
+}
+
 /// How many refunds are owed and not yet taken by a provider.
 pub async fn count_pending_refunds(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'REFUND_PENDING'").fetch_one(pool).await

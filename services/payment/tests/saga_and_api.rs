@@ -151,6 +151,16 @@ impl Harness {
             .unwrap()
     }
 
+    /// Makes the order's capture check due now; its unanswered attempts, or
+    /// `None` without one.
+    async fn make_capture_check_due(&self, order_id: Uuid) -> Option<i32> {
+        sqlx::query_scalar("UPDATE capture_checks SET next_check_at = now() WHERE order_id = $1 RETURNING attempts")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
     async fn status_of(&self, order_id: Uuid) -> Option<String> {
         sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
             .bind(order_id)
@@ -296,6 +306,42 @@ async fn a_capture_whose_transaction_was_lost_is_refunded_when_the_order_is_canc
     assert!(h.deliver(&reservation).await.unwrap());
     assert_eq!(h.published::<PaymentCaptured>().await.len(), 1);
     assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    h.drop_db().await;
+}
+
+/// A charge whose transaction was lost, then the provider went silent and
+/// the order was cancelled: the cancellation is applied (not dead-lettered),
+/// the question whether the provider holds money is kept and asked again,
+/// and once it answers the capture is recorded and refunded, once.
+#[tokio::test]
+async fn a_capture_a_silent_provider_may_hold_for_a_cancelled_order_is_asked_about_until_refunded() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.deliver_and_lose(&reserved(order, user, "tok_visa", 1800)).await;
+    let taken = h.primary.inner.find_charge(&order.to_string()).await.unwrap().expect("the primary captured");
+
+    h.primary.down.store(true, Ordering::SeqCst);
+    assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap(), "applied, not retried");
+    assert_eq!(h.status_of(order).await, None);
+    // Another reservation for the cancelled order charges and records nothing.
+    assert!(h.deliver(&reserved(order, user, "tok_visa", 1800)).await.unwrap());
+    assert_eq!(h.status_of(order).await, None);
+    assert_eq!(h.secondary.find_charge(&order.to_string()).await.unwrap(), None);
+
+    let retrier = h.refund_retrier();
+    assert_eq!(retrier.check_due_captures().await.unwrap(), 0, "not due before its back-off");
+    assert_eq!(h.make_capture_check_due(order).await, Some(2), "asked on the cancellation and the reservation");
+    assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await, None, "still silent: still asking");
+
+    h.primary.down.store(false, Ordering::SeqCst);
+    assert_eq!(h.make_capture_check_due(order).await, Some(3));
+    assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference));
+    assert_eq!(h.published::<PaymentCaptured>().await.len(), 1);
+    assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
+    assert_eq!(h.make_capture_check_due(order).await, None, "answered: nothing left to ask");
     h.drop_db().await;
 }
 
