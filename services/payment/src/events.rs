@@ -88,7 +88,7 @@ impl SagaHandler {
             // about again later), and nothing is charged.
             OnReserved::DeclineCancelled if !known.attempted.is_empty() => {
                 let unrecorded = Unrecorded { order_id, user_id: &reserved.user_id, attempted: &known.attempted };
-                return settle_unrecorded_capture(tx, &self.refunds(), unrecorded, 0).await;
+                return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
             }
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
@@ -152,17 +152,13 @@ impl SagaHandler {
         let known = store::order_payment(tx, order_id).await?;
         let Some(payment) = known.payment else {
             let unrecorded = Unrecorded { order_id, user_id: &cancelled.user_id, attempted: &known.attempted };
-            return settle_unrecorded_capture(tx, &self.refunds(), unrecorded, 0).await;
+            return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
             tracing::info!(%order_id, status = %payment.status, "cancelled order holds no captured payment");
             return Ok(());
         }
-        self.refund(tx, &payment).await
-    }
-
-    async fn refund(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
-        attempt_refund(tx, &self.router, &self.outbox, payment, self.refund_retry).await
+        self.refunds().attempt(tx, &payment).await
     }
 
     fn refunds(&self) -> Refunds<'_> {
@@ -208,84 +204,81 @@ struct Unrecorded<'a> {
     attempted: &'a [String],
 }
 
-/// A cancelled order without a payment row may still have been charged by
-/// an attempt that never committed: record that capture and refund it. If
-/// a journaled provider cannot say (`unanswered` times before), the
-/// question is kept in `capture_checks` and asked again later instead of
-/// failing the cancellation into the dead-letter topic.
-async fn settle_unrecorded_capture(
-    tx: &mut PgConnection,
-    refunds: &Refunds<'_>,
-    order: Unrecorded<'_>,
-    unanswered: i32,
-) -> Result<(), HandlerError> {
-    let order_id = order.order_id;
-    let found = match earlier_capture(refunds.router, order_id, order.attempted).await {
-        Ok(found) => found,
-        Err(HandlerError::Retryable(why)) => {
-            let attempts = unanswered.saturating_add(1);
-            let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), refunds.first_retry);
-            let user_id = id("user_id", order.user_id)?;
-            store::owe_capture_check(tx, order_id, user_id, attempts, &why, retry_in).await?;
-            metrics::counter!("payment_capture_checks_deferred_total").increment(1);
-            tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
+impl Refunds<'_> {
+    /// A cancelled order without a payment row may still have been charged
+    /// by an attempt that never committed: record that capture and refund
+    /// it. If a journaled provider cannot say (`unanswered` times before),
+    /// the question is kept in `capture_checks` and asked again later
+    /// instead of failing the cancellation into the dead-letter topic.
+    async fn settle_unrecorded_capture(
+        &self,
+        tx: &mut PgConnection,
+        order: Unrecorded<'_>,
+        unanswered: i32,
+    ) -> Result<(), HandlerError> {
+        let order_id = order.order_id;
+        let found = match earlier_capture(self.router, order_id, order.attempted).await {
+            Ok(found) => found,
+            Err(HandlerError::Retryable(why)) => {
+                let attempts = unanswered.saturating_add(1);
+                let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry);
+                let user_id = id("user_id", order.user_id)?;
+                store::owe_capture_check(tx, order_id, user_id, attempts, &why, retry_in).await?;
+                metrics::counter!("payment_capture_checks_deferred_total").increment(1);
+                tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some((provider, charge)) = found else {
+            tracing::info!(%order_id, "order cancelled before any payment");
             return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let Some((provider, charge)) = found else {
-        tracing::info!(%order_id, "order cancelled before any payment");
-        return Ok(());
-    };
-    tracing::warn!(%order_id, %provider, "cancelled order holds an unrecorded capture; refunding it");
-    let payment = NewPayment {
-        order_id,
-        user_id: id("user_id", order.user_id)?,
-        currency_code: charge.amount.currency.as_str().to_owned(),
-        amount_minor: charge.amount.amount_minor,
-    };
-    let outcome = Outcome::Captured {
-        provider,
-        provider_reference: charge.provider_reference,
-        card_display: charge.card_display,
-    };
-    let row = store::record_payment(tx, refunds.outbox, &payment, &outcome).await?;
-    attempt_refund(tx, refunds.router, refunds.outbox, &row, refunds.first_retry).await
-}
+        };
+        tracing::warn!(%order_id, %provider, "cancelled order holds an unrecorded capture; refunding it");
+        let payment = NewPayment {
+            order_id,
+            user_id: id("user_id", order.user_id)?,
+            currency_code: charge.amount.currency.as_str().to_owned(),
+            amount_minor: charge.amount.amount_minor,
+        };
+        let outcome = Outcome::Captured {
+            provider,
+            provider_reference: charge.provider_reference,
+            card_display: charge.card_display,
+        };
+        let row = store::record_payment(tx, self.outbox, &payment, &outcome).await?;
+        self.attempt(tx, &row).await
+    }
 
-/// Asks the provider to give `payment`'s money back and records the answer
-/// in `tx`: refunded (with `PaymentRefunded`), or, when the provider could
-/// not take the request, still owed and asked again after a back-off. A
-/// provider refusing outright is `Permanent`: money we hold but cannot
-/// return needs a person.
-async fn attempt_refund(
-    tx: &mut PgConnection,
-    router: &Router,
-    outbox: &Outbox,
-    payment: &store::PaymentRow,
-    first_retry: Duration,
-) -> Result<(), HandlerError> {
-    let amount = store::amount(payment)
-        .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
-    match router.refund(&payment.provider, &payment.provider_reference, &amount).await {
-        Ok(()) => {
-            store::record_refund(tx, outbox, payment).await?;
-            tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
-            Ok(())
-        }
-        Err(e @ (ProviderError::Unavailable | ProviderError::NoAnswer)) => {
-            let failures = u32::try_from(payment.refund_attempts).unwrap_or(0).saturating_add(1);
-            let retry_in = domain::refund_retry_delay(failures, first_retry);
-            store::defer_refund(tx, payment, &e.to_string(), retry_in).await?;
-            metrics::counter!("payment_refunds_deferred_total", "provider" => payment.provider.clone()).increment(1);
-            tracing::warn!(
-                order_id = %payment.order_id, payment_id = %payment.id, failures, retry_in_ms = retry_in.as_millis() as u64,
-                error = %e, "the provider did not take the refund; it is owed and will be asked again"
-            );
-            Ok(())
-        }
-        Err(ProviderError::Declined(why)) => {
-            Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)))
+    /// Asks the provider to give `payment`'s money back and records the
+    /// answer in `tx`: refunded (with `PaymentRefunded`), or, when the
+    /// provider could not take the request, still owed and asked again after
+    /// a back-off. A provider refusing outright is `Permanent`: money we
+    /// hold but cannot return needs a person.
+    async fn attempt(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
+        let amount = store::amount(payment)
+            .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
+        match self.router.refund(&payment.provider, &payment.provider_reference, &amount).await {
+            Ok(()) => {
+                store::record_refund(tx, self.outbox, payment).await?;
+                tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
+                Ok(())
+            }
+            Err(e @ (ProviderError::Unavailable | ProviderError::NoAnswer)) => {
+                let failures = u32::try_from(payment.refund_attempts).unwrap_or(0).saturating_add(1);
+                let retry_in = domain::refund_retry_delay(failures, self.first_retry);
+                store::defer_refund(tx, payment, &e.to_string(), retry_in).await?;
+                metrics::counter!("payment_refunds_deferred_total", "provider" => payment.provider.clone())
+                    .increment(1);
+                tracing::warn!(
+                    order_id = %payment.order_id, payment_id = %payment.id, failures, retry_in_ms = retry_in.as_millis() as u64,
+                    error = %e, "the provider did not take the refund; it is owed and will be asked again"
+                );
+                Ok(())
+            }
+            Err(ProviderError::Declined(why)) => {
+                Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)))
+            }
         }
     }
 }
@@ -302,12 +295,21 @@ pub struct RefundRetrier {
 const REFUNDS_PER_PASS: i64 = 20;
 
 impl RefundRetrier {
+    fn refunds(&self) -> Refunds<'_> {
+        Refunds { router: &self.router, outbox: &self.outbox, first_retry: self.first_retry }
+    }
+
     /// One pass over the refunds that are due; returns how many were tried.
     pub async fn retry_due(&self) -> Result<usize, HandlerError> {
         let mut tx = self.pool.begin().await?;
         let due = store::lock_due_refunds(&mut tx, REFUNDS_PER_PASS).await?;
+        if due.is_empty() {
+            // Nothing written: no commit, so the outbox relay is not woken every pass.
+            return Ok(0);
+        }
+        let refunds = self.refunds();
         for payment in &due {
-            match attempt_refund(&mut tx, &self.router, &self.outbox, payment, self.first_retry).await {
+            match refunds.attempt(&mut tx, payment).await {
                 Ok(()) => {}
                 Err(HandlerError::Permanent(why)) => {
                     // Nobody to dead-letter to here: keep it owed and visible
@@ -328,7 +330,7 @@ impl RefundRetrier {
     /// its own transaction under the order's lock, as the consumer does.
     pub async fn check_due_captures(&self) -> Result<usize, HandlerError> {
         let due = store::due_capture_checks(&self.pool, REFUNDS_PER_PASS).await?;
-        let refunds = Refunds { router: &self.router, outbox: &self.outbox, first_retry: self.first_retry };
+        let refunds = self.refunds();
         for check in &due {
             let mut tx = self.pool.begin().await?;
             store::lock_order(&mut tx, check.order_id).await?;
@@ -341,7 +343,7 @@ impl RefundRetrier {
                     let user_id = check.user_id.to_string();
                     let unrecorded =
                         Unrecorded { order_id: check.order_id, user_id: &user_id, attempted: &known.attempted };
-                    settle_unrecorded_capture(&mut tx, &refunds, unrecorded, check.attempts).await?;
+                    refunds.settle_unrecorded_capture(&mut tx, unrecorded, check.attempts).await?;
                 }
                 // Recorded meanwhile (a declined reservation, or the capture
                 // itself): that payment's own path answers for it.
@@ -356,7 +358,7 @@ impl RefundRetrier {
 }
 
 /// Runs `retrier` every `interval` until shutdown, keeping the
-/// `payment_refunds_pending` gauge current.
+/// `payment_refunds_pending` and `payment_capture_checks_pending` gauges current.
 pub async fn run_refund_retrier(retrier: RefundRetrier, interval: Duration, shutdown: Shutdown) {
     loop {
         tokio::select! {
@@ -369,13 +371,12 @@ pub async fn run_refund_retrier(retrier: RefundRetrier, interval: Duration, shut
         if let Err(e) = retrier.check_due_captures().await {
             tracing::warn!(error = %e, "asking about unrecorded captures failed");
         }
-        match store::count_pending_refunds(&retrier.pool).await {
-            Ok(n) => metrics::gauge!("payment_refunds_pending").set(n as f64),
-            Err(e) => tracing::warn!(error = %e, "counting owed refunds failed"),
-        }
-        match store::count_capture_checks(&retrier.pool).await {
-            Ok(n) => metrics::gauge!("payment_capture_checks_pending").set(n as f64),
-            Err(e) => tracing::warn!(error = %e, "counting capture checks failed"),
+        match store::count_owed(&retrier.pool).await {
+            Ok((refunds, capture_checks)) => {
+                metrics::gauge!("payment_refunds_pending").set(refunds as f64);
+                metrics::gauge!("payment_capture_checks_pending").set(capture_checks as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "counting owed refunds and capture checks failed"),
         }
     }
 }

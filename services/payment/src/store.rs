@@ -303,14 +303,15 @@ pub async fn take_capture_check(conn: &mut PgConnection, order_id: Uuid) -> Resu
     Ok(taken.rows_affected() == 1)
 }
 
-/// How many cancelled orders still wait to learn whether a provider holds money.
-pub async fn count_capture_checks(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM capture_checks").fetch_one(pool).await
-}
-
-/// How many refunds are owed and not yet taken by a provider.
-pub async fn count_pending_refunds(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'REFUND_PENDING'").fetch_one(pool).await
+/// How many refunds are owed and not yet taken by a provider, and how many
+/// cancelled orders still wait to learn whether a provider holds money.
+pub async fn count_owed(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payments WHERE status = 'REFUND_PENDING'),
+                (SELECT count(*) FROM capture_checks)",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// The amount of a stored payment, for a provider refund.
