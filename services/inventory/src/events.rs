@@ -186,28 +186,17 @@ impl EventHandler for SagaHandler {
     }
 
     async fn lock_batch(&self, tx: &mut PgConnection, events: &[&ReceivedEvent]) -> Result<(), HandlerError> {
-        let mut orders = Vec::with_capacity(events.len());
-        let mut reserving = Vec::new();
-        for event in events {
-            // An event that does not decode fails in its own step; nothing to lock for it.
-            let raw_order_id = if event.is::<ev::OrderCreated>() {
-                let Ok(created) = event.payload::<ev::OrderCreated>() else { continue };
-                let products = created.lines.iter().filter_map(|l| ProductId::parse("product_id", &l.product_id).ok());
-                reserving.extend(products);
-                created.order_id
-            } else if event.is::<ev::PaymentDeclined>() {
-                event.payload::<ev::PaymentDeclined>().map(|e| e.order_id).unwrap_or_default()
-            } else if event.is::<ev::OrderCancelled>() {
-                event.payload::<ev::OrderCancelled>().map(|e| e.order_id).unwrap_or_default()
-            } else if event.is::<ev::OrderConfirmed>() {
-                event.payload::<ev::OrderConfirmed>().map(|e| e.order_id).unwrap_or_default()
-            } else {
-                continue;
-            };
-            if let Ok(id) = OrderId::parse("order_id", &raw_order_id) {
-                orders.push(id);
-            }
-        }
+        // Every event inventory applies is keyed by its order id.
+        let orders: Vec<OrderId> =
+            events.iter().filter_map(|e| OrderId::parse("order_id", &e.envelope.aggregate_id).ok()).collect();
+        // An event that does not decode fails in its own step; nothing to lock for it.
+        let reserving: Vec<ProductId> = events
+            .iter()
+            .filter(|e| e.is::<ev::OrderCreated>())
+            .filter_map(|e| e.payload::<ev::OrderCreated>().ok())
+            .flat_map(|created| created.lines)
+            .filter_map(|l| ProductId::parse("product_id", &l.product_id).ok())
+            .collect();
         self.store.lock_for_batch(tx, &orders, &reserving).await?;
         Ok(())
     }
