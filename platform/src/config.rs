@@ -22,6 +22,14 @@ pub enum ConfigError {
     File { path: String, reason: String },
 }
 
+/// `SHOPMESH_KEY`, or `SHOPMESH_SVC_KEY` for a service-scoped one.
+fn env_name(scope: Option<&str>, key: &str) -> String {
+    match scope {
+        Some(s) => format!("SHOPMESH_{}_{key}", s.to_uppercase().replace('-', "_")),
+        None => format!("SHOPMESH_{key}"),
+    }
+}
+
 /// Where settings come from. Cheap to clone; `scoped` gives a per-service view.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigSource {
@@ -79,9 +87,22 @@ impl ConfigSource {
     }
 
     fn env_names(&self, key: &str) -> (String, Option<String>) {
-        let global = format!("SHOPMESH_{key}");
-        let scoped = self.scope.as_ref().map(|s| format!("SHOPMESH_{}_{key}", s.to_uppercase().replace('-', "_")));
-        (global, scoped)
+        (env_name(None, key), self.scope.as_deref().map(|s| env_name(Some(s), key)))
+    }
+
+    /// The explicit values as the environment variables `from_env` would
+    /// read them from: how a test hands its settings to a child process.
+    pub fn overrides_as_env(&self) -> Vec<(String, String)> {
+        self.overrides
+            .iter()
+            .map(|(k, v)| {
+                let name = match k.split_once('.') {
+                    Some((scope, key)) => env_name(Some(scope), key),
+                    None => env_name(None, k),
+                };
+                (name, v.clone())
+            })
+            .collect()
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
@@ -324,6 +345,18 @@ mod tests {
         ]);
         assert_eq!(src.scoped("catalog").get("DATABASE_URL").unwrap(), "postgres://cat");
         assert_eq!(src.scoped("cart").get("DATABASE_URL").unwrap(), "postgres://global");
+    }
+
+    #[test]
+    fn overrides_become_the_variables_from_env_reads() {
+        let src = ConfigSource::from_pairs([("REDIS_URL", "redis://r"), ("order-x.DATABASE_URL", "postgres://o")]);
+        assert_eq!(
+            src.overrides_as_env(),
+            vec![
+                ("SHOPMESH_REDIS_URL".to_owned(), "redis://r".to_owned()),
+                ("SHOPMESH_ORDER_X_DATABASE_URL".to_owned(), "postgres://o".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,12 +19,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::process::{Tethered, free_port, spawn_tansu};
+
 pub struct PrivateBroker {
     /// Where clients connect (the proxy); the broker advertises it.
     pub addr: SocketAddr,
     proxy: Arc<Proxy>,
     accept: JoinHandle<()>,
-    process: Child,
+    /// Tansu itself, stopped when this drops.
+    _tansu: Tethered,
 }
 
 struct Proxy {
@@ -54,10 +56,6 @@ fn tansu_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl PrivateBroker {
     /// Starts Tansu (in-memory storage) and the proxy; returns once a
     /// metadata request through the proxy succeeds.
@@ -73,7 +71,7 @@ impl PrivateBroker {
             match wait_listening(&mut process, upstream).await {
                 Ok(()) => break (process, upstream),
                 Err(e) => {
-                    stop(&mut process);
+                    drop(process);
                     failures.push(e);
                     assert!(failures.len() < 3, "private Tansu broker did not start: {failures:?}");
                 }
@@ -81,7 +79,7 @@ impl PrivateBroker {
         };
         let proxy = Arc::new(Proxy { upstream, state: Mutex::new(ProxyState::default()) });
         let accept = tokio::spawn(accept_loop(listener, proxy.clone()));
-        let broker = Self { addr, proxy, accept, process };
+        let broker = Self { addr, proxy, accept, _tansu: process };
 
         let bootstrap = broker.brokers();
         let advertised = tokio::task::spawn_blocking(move || {
@@ -114,28 +112,10 @@ impl PrivateBroker {
     }
 }
 
-/// Runs Tansu under a shell that kills it when our end of its stdin closes,
-/// so it dies with the test process even if that is killed (nextest timeout)
-/// before `Drop` runs. The shell exits when Tansu does.
-fn spawn_tansu(bin: &Path, listen: SocketAddr, advertise: SocketAddr) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        // Background jobs get /dev/null as stdin: hand the pipe over as fd 3.
-        .arg(r#"exec 3<&0; "$@" <&- & pid=$!; { cat <&3 >/dev/null; kill $pid 2>/dev/null; } & wait $pid"#)
-        .arg("sh")
-        .arg(bin)
-        .args(["broker", "--listener-url", &format!("tcp://{listen}")])
-        .args(["--advertised-listener-url", &format!("tcp://{advertise}")])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()))
-}
-
-async fn wait_listening(process: &mut Child, addr: SocketAddr) -> Result<(), String> {
+async fn wait_listening(process: &mut Tethered, addr: SocketAddr) -> Result<(), String> {
     // Tansu is usually ready within milliseconds.
     for _ in 0..200 {
-        if let Some(status) = process.try_wait().unwrap() {
+        if let Some(status) = process.exited() {
             return Err(format!("tansu exited ({status}) before listening on {addr}"));
         }
         if TcpStream::connect(addr).await.is_ok() {
@@ -144,18 +124,6 @@ async fn wait_listening(process: &mut Child, addr: SocketAddr) -> Result<(), Str
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("tansu not listening on {addr} after 10s"))
-}
-
-fn stop(process: &mut Child) {
-    drop(process.stdin.take()); // the shell kills Tansu and exits
-    for _ in 0..100 {
-        if !matches!(process.try_wait(), Ok(None)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = process.kill();
-    let _ = process.wait();
 }
 
 async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -190,6 +158,6 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.accept.abort();
         self.pause();
-        stop(&mut self.process);
+        // Then `_tansu` drops: Tansu is stopped.
     }
 }

@@ -7,6 +7,7 @@
 //! `scripts/test.sh` brings up.
 
 pub mod broker;
+pub mod process;
 pub mod shop;
 pub mod tokens;
 
@@ -97,13 +98,19 @@ impl TestEnv {
         url
     }
 
-    pub async fn config(&self, def: &ServiceDef) -> ServiceConfig {
+    /// This env's settings plus `def`'s own database.
+    pub async fn service_source(&self, def: &ServiceDef) -> ConfigSource {
         let name = def.spec.name;
         let mut source = self.source.clone();
         if def.spec.needs.postgres {
             source = source.set(&format!("{name}.DATABASE_URL"), self.database_url(name).await);
         }
-        ServiceConfig::load(name, &source, def.spec.needs).expect("test config is complete")
+        source
+    }
+
+    pub async fn config(&self, def: &ServiceDef) -> ServiceConfig {
+        let source = self.service_source(def).await;
+        ServiceConfig::load(def.spec.name, &source, def.spec.needs).expect("test config is complete")
     }
 
     /// Starts `def` in-process on ephemeral ports.
@@ -124,13 +131,12 @@ impl TestEnv {
     }
 
     /// Starts the gateway in front of `backends` (each proto service of a
-    /// backend routes to it); returns its base URL. Settings set on this env
-    /// (rate limits, `GATEWAY_UPSTREAMS`, …) apply.
-    pub async fn launch_gateway(&self, backends: &[(&ServiceDef, &Launched)]) -> String {
+    /// backend routes to its gRPC address); returns its base URL. Settings
+    /// set on this env (rate limits, `GATEWAY_UPSTREAMS`, …) apply.
+    pub async fn launch_gateway(&self, backends: &[(&ServiceDef, std::net::SocketAddr)]) -> String {
         let mut source = self.source.clone().set("GATEWAY_LISTEN", "127.0.0.1:0");
-        for (def, launched) in backends {
-            source =
-                source.set(&format!("{}_URL", def.spec.name.to_uppercase()), format!("http://{}", launched.grpc_addr));
+        for (def, grpc_addr) in backends {
+            source = source.set(&format!("{}_URL", def.spec.name.to_uppercase()), format!("http://{grpc_addr}"));
         }
         let services: Vec<(&str, &[&str])> =
             backends.iter().map(|(d, _)| (d.spec.name, d.spec.grpc_services)).collect();

@@ -1,6 +1,8 @@
 //! A whole shop for tests: every service plus the gateway on one test env,
 //! with helpers for what a customer and an admin do over REST.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Client, Response};
@@ -8,6 +10,7 @@ use serde_json::{Value, json};
 use shopmesh_platform::runtime::{Launched, ServiceDef};
 use shopmesh_platform::shutdown::Shutdown;
 
+use crate::process::ServiceProcess;
 use crate::{TestEnv, eventually};
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -16,6 +19,9 @@ pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const SAGA: Duration = Duration::from_secs(45);
 
 pub struct Shop {
+    /// Inventory when it runs as its own process (declared before `env`,
+    /// so it is stopped before the env drops its database).
+    pub inventory_process: Option<ServiceProcess>,
     pub env: TestEnv,
     pub gw: String,
     pub http: Client,
@@ -34,6 +40,16 @@ impl Shop {
     /// Every service plus the gateway. `with_payment: false` leaves payment
     /// down (the saga then stalls after reserving stock).
     pub async fn start(configure: impl FnOnce(&mut TestEnv), with_payment: bool) -> Shop {
+        Self::assemble(configure, with_payment, None).await
+    }
+
+    /// Every service plus the gateway, with inventory run by the `shopmesh`
+    /// binary `bin` in a process of its own: a test can kill it outright.
+    pub async fn start_with_inventory_process(configure: impl FnOnce(&mut TestEnv), bin: &Path) -> Shop {
+        Self::assemble(configure, true, Some(bin)).await
+    }
+
+    async fn assemble(configure: impl FnOnce(&mut TestEnv), with_payment: bool, inventory_bin: Option<&Path>) -> Shop {
         let mut env = TestEnv::new();
         env.set("ADMIN_EMAIL", ADMIN_EMAIL);
         env.set("ADMIN_PASSWORD", ADMIN_PASSWORD);
@@ -44,20 +60,26 @@ impl Shop {
         let catalog = env.launch(&shopmesh_catalog::SERVICE).await;
         env.set("CATALOG_URL", url(&catalog));
         env.set("USER_URL", url(&user));
-        let inventory = env.launch(&shopmesh_inventory::SERVICE).await;
+        let (inventory_addr, inventory_process) = match inventory_bin {
+            Some(bin) => {
+                let process = ServiceProcess::start(&env, bin, &shopmesh_inventory::SERVICE).await;
+                (process.grpc_addr, Some(process))
+            }
+            None => (env.launch(&shopmesh_inventory::SERVICE).await.grpc_addr, None),
+        };
         let cart = env.launch(&shopmesh_cart::SERVICE).await;
         env.set("CART_URL", url(&cart));
         let order_stop = env.shutdown.child();
         let order = env.launch_stoppable(&shopmesh_order::SERVICE, order_stop.clone()).await;
         let notification = env.launch(&shopmesh_notification::SERVICE).await;
-        let mut backends: Vec<(&ServiceDef, &Launched)> = vec![
-            (&shopmesh_auth::SERVICE, &auth),
-            (&shopmesh_user::SERVICE, &user),
-            (&shopmesh_catalog::SERVICE, &catalog),
-            (&shopmesh_inventory::SERVICE, &inventory),
-            (&shopmesh_cart::SERVICE, &cart),
-            (&shopmesh_order::SERVICE, &order),
-            (&shopmesh_notification::SERVICE, &notification),
+        let mut backends: Vec<(&ServiceDef, SocketAddr)> = vec![
+            (&shopmesh_auth::SERVICE, auth.grpc_addr),
+            (&shopmesh_user::SERVICE, user.grpc_addr),
+            (&shopmesh_catalog::SERVICE, catalog.grpc_addr),
+            (&shopmesh_inventory::SERVICE, inventory_addr),
+            (&shopmesh_cart::SERVICE, cart.grpc_addr),
+            (&shopmesh_order::SERVICE, order.grpc_addr),
+            (&shopmesh_notification::SERVICE, notification.grpc_addr),
         ];
         let payment = if with_payment {
             let stop = env.shutdown.child();
@@ -66,17 +88,17 @@ impl Shop {
             None
         };
         if let Some((p, _)) = &payment {
-            backends.push((&shopmesh_payment::SERVICE, p));
+            backends.push((&shopmesh_payment::SERVICE, p.grpc_addr));
         }
         let gw = env.launch_gateway(&backends).await;
         let http = Client::new();
         let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        Shop { env, gw, http, admin, payment, order: Some((order, order_stop)) }
+        Shop { inventory_process, env, gw, http, admin, payment, order: Some((order, order_stop)) }
     }
 
     /// Stops the service held in `slot` and waits until its process is
     /// gone; returns the address it served on.
-    pub async fn stop(slot: &mut Option<(Launched, Shutdown)>) -> std::net::SocketAddr {
+    pub async fn stop(slot: &mut Option<(Launched, Shutdown)>) -> SocketAddr {
         let (running, stop) = slot.take().expect("service is running");
         stop.trigger();
         running.task.await.expect("service task").expect("service stopped cleanly");
@@ -84,7 +106,7 @@ impl Shop {
     }
 
     /// Starts `def` again on `addr`, where the gateway expects it.
-    pub async fn restart(&mut self, def: &'static ServiceDef, addr: std::net::SocketAddr) -> (Launched, Shutdown) {
+    pub async fn restart(&mut self, def: &'static ServiceDef, addr: SocketAddr) -> (Launched, Shutdown) {
         self.env.set(&format!("{}.GRPC_ADDR", def.spec.name), addr.to_string());
         let stop = self.env.shutdown.child();
         (self.env.launch_stoppable(def, stop.clone()).await, stop)

@@ -38,9 +38,9 @@ impl Stack {
         let inventory = env.launch(&shopmesh_inventory::SERVICE).await;
         let gw = env
             .launch_gateway(&[
-                (&shopmesh_auth::SERVICE, &auth),
-                (&shopmesh_user::SERVICE, &user),
-                (&shopmesh_inventory::SERVICE, &inventory),
+                (&shopmesh_auth::SERVICE, auth.grpc_addr),
+                (&shopmesh_user::SERVICE, user.grpc_addr),
+                (&shopmesh_inventory::SERVICE, inventory.grpc_addr),
             ])
             .await;
         Stack { _env: env, auth, user, inventory, gw, http: Client::new() }
@@ -325,7 +325,7 @@ async fn grpc_statuses_map_to_http_like_grpc_gateway() {
         ),
     );
     side.trust_auth(&s.auth);
-    let gw2 = side.launch_gateway(&[(&shopmesh_auth::SERVICE, &s.auth)]).await;
+    let gw2 = side.launch_gateway(&[(&shopmesh_auth::SERVICE, s.auth.grpc_addr)]).await;
     let customer = s.signup("erin@example.com").await;
     let (admin, _) = s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let product = uuid::Uuid::new_v4();
