@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use shopmesh_platform::runtime::ServiceDef;
@@ -63,23 +63,24 @@ impl Tethered {
         Self { shell, pid }
     }
 
-    /// Whether the program has exited, and how.
-    pub fn exited(&mut self) -> Option<String> {
-        self.shell.try_wait().unwrap().map(|status| status.to_string())
+    /// Whether the program has exited, and how (the shell exits with its status).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.shell.try_wait().unwrap()
     }
 
-    /// SIGKILL: the program gets no chance to finish anything. Returns once
-    /// it is gone.
-    pub async fn kill(&mut self) {
-        let killed = Command::new("sh").arg("-c").arg(format!("kill -KILL {}", self.pid)).status().unwrap();
-        assert!(killed.success(), "kill -KILL {} failed", self.pid);
-        for _ in 0..200 {
-            if self.exited().is_some() {
-                return;
+    /// Sends `signal` (as `kill` names it) to the program and waits up to
+    /// `timeout` for it to exit; returns how it exited.
+    pub async fn signal(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
+        let sent = Command::new("sh").arg("-c").arg(format!("kill -{signal} {}", self.pid)).status().unwrap();
+        assert!(sent.success(), "kill -{signal} {} failed", self.pid);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return status;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("process {} still running 5 s after SIGKILL", self.pid);
+        panic!("process {} still running {timeout:?} after SIG{signal}", self.pid);
     }
 
     /// Closes the tether (the shell sends SIGTERM) and waits up to `grace`
@@ -153,7 +154,14 @@ impl ServiceProcess {
     /// Kills the process outright (SIGKILL) and waits until it is gone.
     pub async fn kill(&mut self) {
         let mut process = self.process.take().expect("service is running");
-        process.kill().await;
+        process.signal("KILL", Duration::from_secs(5)).await;
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it to exit, allowing
+    /// it `grace` to drain; returns how it exited.
+    pub async fn terminate(&mut self, grace: Duration) -> ExitStatus {
+        let mut process = self.process.take().expect("service is running");
+        process.signal("TERM", grace).await
     }
 }
 

@@ -1,9 +1,11 @@
-//! The `shopmesh` binary as a crash meets it: inventory, run by
+//! The `shopmesh` binary as a crash or a rollout meets it: inventory, run by
 //! `shopmesh serve inventory` in its own process, is killed with SIGKILL,
 //! once idle and once in the middle of a consumer batch, and every saga it
-//! was part of still finishes, each effect applied once.
+//! was part of still finishes, each effect applied once; stopped with
+//! SIGTERM, it drains and exits cleanly.
 
 use std::path::Path;
+use std::time::Duration;
 
 use shopmesh_integration_tests::eventually;
 use shopmesh_integration_tests::shop::{SAGA, Shop, place_single_item_order};
@@ -92,4 +94,31 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // Per order: OrderCreated and OrderConfirmed.
     assert_eq!(inbox, 12, "each event applied once");
     db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
+    let mut shop = Shop::start_with_inventory_process(|_| {}, Path::new(SHOPMESH)).await;
+    let book = shop.product("BOOK-1", 1000, 50).await;
+    let ivy = shop.customer("ivy@shop.test").await;
+    let first = place_single_item_order(&shop, &ivy, &book).await;
+    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("first order committed", SAGA, || async { (shop.stock(&book).await == (49, 49, 0)).then_some(()) })
+        .await;
+
+    // SIGTERM (what Kubernetes sends): it drains within its grace (5 s in
+    // tests) and exits 0, its consumer's offsets committed on the way out.
+    let inventory = shop.inventory_process.as_mut().expect("inventory runs as a process");
+    let status = inventory.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "inventory exited with {status}");
+    let saga_inventory: &[(&str, &[&str])] = &[("inventory", &["order-events", "payment-events"])];
+    shop.env.wait_consumers_caught_up(saga_inventory, Duration::from_secs(5)).await;
+
+    // Started again, it takes the next order from where it stopped.
+    let inventory = shop.inventory_process.as_mut().unwrap();
+    inventory.restart().await;
+    let second = place_single_item_order(&shop, &ivy, &book).await;
+    assert_eq!(shop.final_order(&ivy, &second).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("second order committed", SAGA, || async { (shop.stock(&book).await == (48, 48, 0)).then_some(()) })
+        .await;
 }
