@@ -111,8 +111,8 @@ impl Upstreams {
         Some(cell.get_or_init(|| endpoint.connect_lazy()).clone())
     }
 
-    /// Unary call with a hard deadline. Transport failures come back as
-    /// `Unavailable`, the deadline as `DeadlineExceeded`.
+    /// Unary call with a hard deadline. Transport failures, before or during
+    /// the call, come back as `Unavailable`, the deadline as `DeadlineExceeded`.
     pub async fn unary(
         &self,
         method: &MethodDescriptor,
@@ -132,7 +132,10 @@ impl Upstreams {
         let call = async {
             let mut grpc = tonic::client::Grpc::new(channel);
             grpc.ready().await.map_err(|e| Status::unavailable(format!("upstream {service} not ready: {e}")))?;
-            grpc.unary(req, path, DynamicCodec::new(method.output())).await.map(tonic::Response::into_inner)
+            grpc.unary(req, path, DynamicCodec::new(method.output()))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| connection_lost(service, s))
         };
         let started = std::time::Instant::now();
         let expired = || Status::deadline_exceeded(format!("upstream {service} did not answer within {timeout:?}"));
@@ -147,6 +150,19 @@ impl Upstreams {
             Ok(result) => result,
             Err(_) => Err(expired()),
         }
+    }
+}
+
+/// tonic reports a connection that broke mid-call (the upstream crashed or
+/// was cut off) as `Unknown` with the transport error as its source; the
+/// gRPC spec calls that `Unavailable`: the client may retry, with its
+/// idempotency key where the call had effects.
+fn connection_lost(service: &str, status: Status) -> Status {
+    let transport = std::error::Error::source(&status).is_some_and(|e| e.is::<tonic::transport::Error>());
+    if status.code() == tonic::Code::Unknown && transport {
+        Status::unavailable(format!("upstream {service} connection lost: {}", status.message()))
+    } else {
+        status
     }
 }
 

@@ -321,6 +321,36 @@ async fn deadlines_and_unavailable_upstreams() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
 
+/// An upstream that takes each call and then drops the connection with the
+/// call unanswered, as a crashing service does.
+async fn spawn_crashing_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut connection) = h2::server::handshake(socket).await {
+                    let _request = connection.accept().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_mid_call_is_503_not_500() {
+    let mut cfg = GatewayConfig::default();
+    let crashing = spawn_crashing_upstream().await;
+    cfg.upstreams.insert("shopmesh.catalog.v1.CatalogService".into(), format!("http://{crashing}"));
+    cfg.rate_limit = RateLimitConfig { enabled: false, ..RateLimitConfig::default() };
+    let gw = Gateway::new(cfg, None, Arc::new(StaticAuth)).unwrap().router();
+    let (status, _, body) = call(&gw, get("/v1/products/p1")).await;
+    // Whether the call took effect is unknown: a retryable 503, not a 500.
+    assert_eq!((status, body["code"].as_i64()), (StatusCode::SERVICE_UNAVAILABLE, Some(14)), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("connection lost")), "{body}");
+}
+
 #[tokio::test]
 async fn gateway_endpoints() {
     let gw = gateway().await;
