@@ -2,15 +2,28 @@
 //! `shopmesh serve inventory` in its own process, is killed with SIGKILL,
 //! once idle and once in the middle of a consumer batch, and every saga it
 //! was part of still finishes, each effect applied once; stopped with
-//! SIGTERM, it drains and exits cleanly.
+//! SIGTERM, it drains and exits cleanly. Order, killed while checkouts wait
+//! on its database, leaves its clients' Idempotency-Keys to make their
+//! retries place one order each.
 
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use shopmesh_integration_tests::eventually;
-use shopmesh_integration_tests::shop::{SAGA, Shop, place_single_item_order};
+use shopmesh_integration_tests::shop::{SAGA, Shop, address, place_single_item_order};
 
 const SHOPMESH: &str = env!("CARGO_BIN_EXE_shopmesh");
+
+/// The test's own connections to a service's database, named so that
+/// `pg_stat_activity` tells them from the service's.
+async fn observe(env: &shopmesh_integration_tests::TestEnv, service: &str) -> sqlx::PgPool {
+    let url = env.database_url(service).await;
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    sqlx::PgPool::connect_with(options.application_name(OBSERVER)).await.unwrap()
+}
+
+const OBSERVER: &str = "shopmesh-test-observer";
 
 /// What inventory has applied, as its database holds it: inbox rows,
 /// reservations, units on hand, units reserved.
@@ -27,8 +40,12 @@ async fn applied(db: &sqlx::PgPool) -> (i64, i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // Two consumer-group rejoins fit well inside the pending timeout.
-    let mut shop =
-        Shop::start_with_inventory_process(|env| env.set("PENDING_TIMEOUT_MS", "120000"), Path::new(SHOPMESH)).await;
+    let mut shop = Shop::start_with_processes(
+        |env| env.set("PENDING_TIMEOUT_MS", "120000"),
+        Path::new(SHOPMESH),
+        &[&shopmesh_inventory::SERVICE],
+    )
+    .await;
     let book = shop.product("BOOK-1", 1000, 50).await;
     let ivy = shop.customer("ivy@shop.test").await;
     let first = place_single_item_order(&shop, &ivy, &book).await;
@@ -39,7 +56,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
 
     // Killed while idle: it never leaves its consumer group. Customers keep
     // checking out meanwhile.
-    let inventory = shop.inventory_process.as_mut().expect("inventory runs as a process");
+    let inventory = shop.process(&shopmesh_inventory::SERVICE);
     inventory.kill().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -49,18 +66,19 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // While the test holds inventory's outbox, the restarted consumer's first
     // batch (the waiting OrderCreated events) stops at its outbox insert:
     // inbox rows and reservations written, nothing committed.
-    let db = sqlx::PgPool::connect(&shop.env.database_url("inventory").await).await.unwrap();
+    let db = observe(&shop.env, "inventory").await;
     let before = applied(&db).await;
     let mut hold = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
-    let inventory = shop.inventory_process.as_mut().unwrap();
+    let inventory = shop.process(&shopmesh_inventory::SERVICE);
     inventory.restart().await;
     let mid_batch: i32 = eventually("a consumer batch waiting mid-transaction", SAGA, || async {
         // A transaction id means it has written; the lock wait is ours.
         sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> $1 \
              AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
         )
+        .bind(OBSERVER)
         .fetch_optional(&db)
         .await
         .unwrap()
@@ -98,7 +116,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
-    let mut shop = Shop::start_with_inventory_process(|_| {}, Path::new(SHOPMESH)).await;
+    let mut shop = Shop::start_with_processes(|_| {}, Path::new(SHOPMESH), &[&shopmesh_inventory::SERVICE]).await;
     let book = shop.product("BOOK-1", 1000, 50).await;
     let ivy = shop.customer("ivy@shop.test").await;
     let first = place_single_item_order(&shop, &ivy, &book).await;
@@ -108,17 +126,111 @@ async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
 
     // SIGTERM (what Kubernetes sends): it drains within its grace (5 s in
     // tests) and exits 0, its consumer's offsets committed on the way out.
-    let inventory = shop.inventory_process.as_mut().expect("inventory runs as a process");
+    let inventory = shop.process(&shopmesh_inventory::SERVICE);
     let status = inventory.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "inventory exited with {status}");
     let saga_inventory: &[(&str, &[&str])] = &[("inventory", &["order-events", "payment-events"])];
     shop.env.wait_consumers_caught_up(saga_inventory, Duration::from_secs(5)).await;
 
     // Started again, it takes the next order from where it stopped.
-    let inventory = shop.inventory_process.as_mut().unwrap();
+    let inventory = shop.process(&shopmesh_inventory::SERVICE);
     inventory.restart().await;
     let second = place_single_item_order(&shop, &ivy, &book).await;
     assert_eq!(shop.final_order(&ivy, &second).await["status"], "ORDER_STATUS_CONFIRMED");
     eventually("second order committed", SAGA, || async { (shop.stock(&book).await == (48, 48, 0)).then_some(()) })
         .await;
+}
+
+/// Checkouts cut off by a crash of the order service, retried by their
+/// clients with the same Idempotency-Key once it is back, place exactly one
+/// order each; one placed before the crash answers with that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_one_order_each() {
+    let mut shop = Shop::start_with_processes(
+        |env| {
+            env.set("PENDING_TIMEOUT_MS", "120000");
+            // Room for every checkout to reach the database at once.
+            env.set("order.DB_MAX_CONNECTIONS", "8");
+        },
+        Path::new(SHOPMESH),
+        &[&shopmesh_order::SERVICE],
+    )
+    .await;
+    let mug = shop.product("MUG-1", 1200, 20).await;
+    let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
+    let mut customers = Vec::new();
+    for i in 0..4 {
+        let token = shop.customer(&format!("c{i}@shop.test")).await;
+        shop.add_to_cart(&token, &mug, 1).await;
+        customers.push((token, format!("checkout-{i}")));
+    }
+    let placed_id = |resp: serde_json::Value| resp["order"]["id"].as_str().expect("an order id").to_owned();
+    let (http, orders_url) = (shop.http.clone(), shop.at("/v1/orders"));
+    let checkout = |(token, key): &(String, String)| {
+        http.post(&orders_url).bearer_auth(token).header("Idempotency-Key", key).json(&body).send()
+    };
+    let first = checkout(&customers[0]).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first = placed_id(first.json().await.unwrap());
+    assert_eq!(shop.final_order(&customers[0].0, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+
+    // Three more checkouts reach the order database and wait there (the
+    // test holds its outbox); then the order service dies.
+    let db = observe(&shop.env, "order").await;
+    let mut hold = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    let cut_off: Vec<_> = customers[1..].iter().map(|c| tokio::spawn(checkout(c))).collect();
+    eventually("three checkouts waiting in the order database", SAGA, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        (waiting >= 3).then_some(())
+    })
+    .await;
+    shop.process(&shopmesh_order::SERVICE).kill().await;
+    for request in cut_off {
+        let resp = request.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 503, "a checkout cut off by the crash: {}", resp.text().await.unwrap());
+    }
+    // Whether the database went on to place them is not the client's to
+    // know: that is what its key is for.
+    hold.rollback().await.unwrap();
+    eventually("the dead service's sessions ended", SAGA, || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name <> $1 \
+             AND backend_type = 'client backend'",
+        )
+        .bind(OBSERVER)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    db.close().await;
+
+    shop.process(&shopmesh_order::SERVICE).restart().await;
+    let mut ids = vec![first];
+    for customer in &customers {
+        let retried = checkout(customer).await.unwrap();
+        assert_eq!(retried.status(), 200);
+        let id = placed_id(retried.json().await.unwrap());
+        if customer.1 == "checkout-0" {
+            assert_eq!(id, ids[0], "the order placed before the crash");
+        } else {
+            ids.push(id.clone());
+        }
+        let again = checkout(customer).await.unwrap();
+        assert_eq!(placed_id(again.json().await.unwrap()), id, "a retry answers with the same order");
+    }
+    for ((token, _), id) in customers.iter().zip(&ids) {
+        assert_eq!(shop.final_order(token, id).await["status"], "ORDER_STATUS_CONFIRMED", "order {id}");
+        let orders = shop.ok(reqwest::Method::GET, "/v1/orders", token, None).await;
+        assert_eq!(orders["orders"].as_array().unwrap().len(), 1, "one order per customer: {orders}");
+        assert_eq!(shop.payments(token, id).await.len(), 1, "charged exactly once: {id}");
+    }
+    eventually("four units sold", SAGA, || async { (shop.stock(&mug).await == (16, 16, 0)).then_some(()) }).await;
 }

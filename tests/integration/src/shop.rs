@@ -19,16 +19,17 @@ pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const SAGA: Duration = Duration::from_secs(45);
 
 pub struct Shop {
-    /// Inventory when it runs as its own process (declared before `env`,
-    /// so it is stopped before the env drops its database).
-    pub inventory_process: Option<ServiceProcess>,
+    /// Services run as their own processes (declared before `env`, so they
+    /// are stopped before the env drops their databases).
+    processes: Vec<ServiceProcess>,
     pub env: TestEnv,
     pub gw: String,
     pub http: Client,
     pub admin: String,
     /// The payment service and its own shutdown (tests stop and restart it).
     pub payment: Option<(Launched, Shutdown)>,
-    /// The order service and its own shutdown, likewise.
+    /// The order service and its own shutdown, likewise (`None` when it
+    /// runs as a process).
     pub order: Option<(Launched, Shutdown)>,
 }
 
@@ -40,16 +41,26 @@ impl Shop {
     /// Every service plus the gateway. `with_payment: false` leaves payment
     /// down (the saga then stalls after reserving stock).
     pub async fn start(configure: impl FnOnce(&mut TestEnv), with_payment: bool) -> Shop {
-        Self::assemble(configure, with_payment, None).await
+        Self::assemble(configure, with_payment, None, &[]).await
     }
 
-    /// Every service plus the gateway, with inventory run by the `shopmesh`
-    /// binary `bin` in a process of its own: a test can kill it outright.
-    pub async fn start_with_inventory_process(configure: impl FnOnce(&mut TestEnv), bin: &Path) -> Shop {
-        Self::assemble(configure, true, Some(bin)).await
+    /// Every service plus the gateway, with each of `processes` run by the
+    /// `shopmesh` binary `bin` in a process of its own, which a test can kill
+    /// outright (`Shop::process`). Inventory and order can run so.
+    pub async fn start_with_processes(
+        configure: impl FnOnce(&mut TestEnv),
+        bin: &Path,
+        processes: &[&'static ServiceDef],
+    ) -> Shop {
+        Self::assemble(configure, true, Some(bin), processes).await
     }
 
-    async fn assemble(configure: impl FnOnce(&mut TestEnv), with_payment: bool, inventory_bin: Option<&Path>) -> Shop {
+    async fn assemble(
+        configure: impl FnOnce(&mut TestEnv),
+        with_payment: bool,
+        bin: Option<&Path>,
+        as_processes: &[&'static ServiceDef],
+    ) -> Shop {
         let mut env = TestEnv::new();
         env.set("ADMIN_EMAIL", ADMIN_EMAIL);
         env.set("ADMIN_PASSWORD", ADMIN_PASSWORD);
@@ -60,25 +71,38 @@ impl Shop {
         let catalog = env.launch(&shopmesh_catalog::SERVICE).await;
         env.set("CATALOG_URL", url(&catalog));
         env.set("USER_URL", url(&user));
-        let (inventory_addr, inventory_process) = match inventory_bin {
-            Some(bin) => {
-                let process = ServiceProcess::start(&env, bin, &shopmesh_inventory::SERVICE).await;
-                (process.grpc_addr, Some(process))
+        let mut processes = Vec::new();
+        let mut spawned = async |env: &TestEnv, def: &'static ServiceDef| -> Option<SocketAddr> {
+            if !as_processes.iter().any(|p| p.spec.name == def.spec.name) {
+                return None;
             }
-            None => (env.launch(&shopmesh_inventory::SERVICE).await.grpc_addr, None),
+            let process = ServiceProcess::start(env, bin.expect("a shopmesh binary"), def).await;
+            let addr = process.grpc_addr;
+            processes.push(process);
+            Some(addr)
+        };
+        let inventory = match spawned(&env, &shopmesh_inventory::SERVICE).await {
+            Some(addr) => addr,
+            None => env.launch(&shopmesh_inventory::SERVICE).await.grpc_addr,
         };
         let cart = env.launch(&shopmesh_cart::SERVICE).await;
         env.set("CART_URL", url(&cart));
-        let order_stop = env.shutdown.child();
-        let order = env.launch_stoppable(&shopmesh_order::SERVICE, order_stop.clone()).await;
+        let (order_addr, order) = match spawned(&env, &shopmesh_order::SERVICE).await {
+            Some(addr) => (addr, None),
+            None => {
+                let stop = env.shutdown.child();
+                let order = env.launch_stoppable(&shopmesh_order::SERVICE, stop.clone()).await;
+                (order.grpc_addr, Some((order, stop)))
+            }
+        };
         let notification = env.launch(&shopmesh_notification::SERVICE).await;
         let mut backends: Vec<(&ServiceDef, SocketAddr)> = vec![
             (&shopmesh_auth::SERVICE, auth.grpc_addr),
             (&shopmesh_user::SERVICE, user.grpc_addr),
             (&shopmesh_catalog::SERVICE, catalog.grpc_addr),
-            (&shopmesh_inventory::SERVICE, inventory_addr),
+            (&shopmesh_inventory::SERVICE, inventory),
             (&shopmesh_cart::SERVICE, cart.grpc_addr),
-            (&shopmesh_order::SERVICE, order.grpc_addr),
+            (&shopmesh_order::SERVICE, order_addr),
             (&shopmesh_notification::SERVICE, notification.grpc_addr),
         ];
         let payment = if with_payment {
@@ -93,7 +117,14 @@ impl Shop {
         let gw = env.launch_gateway(&backends).await;
         let http = Client::new();
         let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        Shop { inventory_process, env, gw, http, admin, payment, order: Some((order, order_stop)) }
+        assert_eq!(processes.len(), as_processes.len(), "only inventory and order run as processes");
+        Shop { processes, env, gw, http, admin, payment, order }
+    }
+
+    /// `def`, run as its own process.
+    pub fn process(&mut self, def: &ServiceDef) -> &mut ServiceProcess {
+        let name = def.spec.name;
+        self.processes.iter_mut().find(|p| p.def.spec.name == name).unwrap_or_else(|| panic!("{name} is no process"))
     }
 
     /// Stops the service held in `slot` and waits until its process is
