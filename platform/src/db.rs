@@ -18,12 +18,26 @@ fn platform_migrator() -> Migrator {
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    connect_with(url, max_connections, &[]).await
+    open(PgConnectOptions::from_str(url)?, max_connections).await
 }
 
-/// Like [`connect`], with `settings` (name, value) applied to every session.
-pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &str)]) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.options(settings.iter().copied());
+/// Like [`connect`], for a service: its sessions carry `application_name`
+/// (unless the URL names one), as `pg_stat_activity` shows them, and
+/// `settings` (name, value).
+pub async fn connect_with(
+    url: &str,
+    application_name: &str,
+    max_connections: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url)?.options(settings.iter().copied());
+    if options.get_application_name().is_none() {
+        options = options.application_name(application_name);
+    }
+    open(options, max_connections).await
+}
+
+async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

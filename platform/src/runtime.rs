@@ -89,7 +89,7 @@ impl ServiceRuntime {
 
         let db = match &config.database_url {
             Some(url) if spec.needs.postgres => {
-                let pool = crate::db::connect_with(url, config.db_max_connections, spec.db_settings)
+                let pool = crate::db::connect_with(url, name, config.db_max_connections, spec.db_settings)
                     .await
                     .with_context(|| format!("{name}: connecting to postgres"))?;
                 crate::db::migrate(&pool, spec.migrator)

@@ -15,16 +15,6 @@ use shopmesh_integration_tests::shop::{SAGA, Shop, address, place_single_item_or
 
 const SHOPMESH: &str = env!("CARGO_BIN_EXE_shopmesh");
 
-/// The test's own connections to a service's database, named so that
-/// `pg_stat_activity` tells them from the service's.
-async fn observe(env: &shopmesh_integration_tests::TestEnv, service: &str) -> sqlx::PgPool {
-    let url = env.database_url(service).await;
-    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    sqlx::PgPool::connect_with(options.application_name(OBSERVER)).await.unwrap()
-}
-
-const OBSERVER: &str = "shopmesh-test-observer";
-
 /// What inventory has applied, as its database holds it: inbox rows,
 /// reservations, units on hand, units reserved.
 async fn applied(db: &sqlx::PgPool) -> (i64, i64, i64, i64) {
@@ -66,7 +56,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // While the test holds inventory's outbox, the restarted consumer's first
     // batch (the waiting OrderCreated events) stops at its outbox insert:
     // inbox rows and reservations written, nothing committed.
-    let db = observe(&shop.env, "inventory").await;
+    let db = sqlx::PgPool::connect(&shop.env.database_url("inventory").await).await.unwrap();
     let before = applied(&db).await;
     let mut hold = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
@@ -75,10 +65,9 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     let mid_batch: i32 = eventually("a consumer batch waiting mid-transaction", SAGA, || async {
         // A transaction id means it has written; the lock wait is ours.
         sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> $1 \
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'inventory' \
              AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
         )
-        .bind(OBSERVER)
         .fetch_optional(&db)
         .await
         .unwrap()
@@ -176,13 +165,14 @@ async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_o
 
     // Three more checkouts reach the order database and wait there (the
     // test holds its outbox); then the order service dies.
-    let db = observe(&shop.env, "order").await;
+    let db = sqlx::PgPool::connect(&shop.env.database_url("order").await).await.unwrap();
     let mut hold = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
     let cut_off: Vec<_> = customers[1..].iter().map(|c| tokio::spawn(checkout(c))).collect();
     eventually("three checkouts waiting in the order database", SAGA, || async {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'order' \
+             AND wait_event_type = 'Lock'",
         )
         .fetch_one(&db)
         .await
@@ -200,10 +190,8 @@ async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_o
     hold.rollback().await.unwrap();
     eventually("the dead service's sessions ended", SAGA, || async {
         let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name <> $1 \
-             AND backend_type = 'client backend'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'order'",
         )
-        .bind(OBSERVER)
         .fetch_one(&db)
         .await
         .unwrap();

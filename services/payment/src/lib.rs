@@ -53,7 +53,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     let router = Arc::new(provider::Router::test_mode(breaker));
     let refund_retry = rt.config.source.millis_or("REFUND_RETRY_MS", Duration::from_secs(2))?;
     let database_url = rt.config.database_url.clone().context("payment needs DATABASE_URL")?;
-    let journal_pool = shopmesh_platform::db::connect(&database_url, 2).await?;
+    let journal_pool = shopmesh_platform::db::connect_with(&database_url, "payment-journal", 2, &[]).await?;
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],

@@ -143,18 +143,25 @@ async fn a_services_database_settings_hold_on_every_connection() {
     let url = env.database_url("settings").await;
     let settings = shopmesh_order::SERVICE.spec.db_settings;
     assert!(settings.contains(&("plan_cache_mode", "force_generic_plan")));
-    let pool = shopmesh_platform::db::connect_with(&url, 3, settings).await.unwrap();
+    let pool = shopmesh_platform::db::connect_with(&url, "order", 3, settings).await.unwrap();
     // Three sessions at once, so each is a connection of its own.
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut conn = pool.acquire().await.unwrap();
         let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *conn).await.unwrap();
         assert_eq!(mode, "force_generic_plan");
+        let name: String = sqlx::query_scalar("SHOW application_name").fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(name, "order", "pg_stat_activity tells the service's sessions apart");
         held.push(conn);
     }
     let plain = shopmesh_platform::db::connect(&url, 1).await.unwrap();
     let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&plain).await.unwrap();
     assert_eq!(mode, "auto", "other services keep Postgres' default");
+    // An operator's own application_name in the URL wins.
+    let named_url = format!("{url}?application_name=order-eu");
+    let named = shopmesh_platform::db::connect_with(&named_url, "order", 1, &[]).await.unwrap();
+    let name: String = sqlx::query_scalar("SHOW application_name").fetch_one(&named).await.unwrap();
+    assert_eq!(name, "order-eu");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
