@@ -222,3 +222,75 @@ async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_o
     }
     eventually("four units sold", SAGA, || async { (shop.stock(&mug).await == (16, 16, 0)).then_some(()) }).await;
 }
+
+/// Payment killed after its provider took the money but before its own
+/// transaction recorded it: the restarted service finds that charge at the
+/// provider and records it; the customer is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payment_killed_between_the_providers_charge_and_its_commit_charges_once() {
+    let mut shop = Shop::start_with_processes(
+        |env| env.set("PENDING_TIMEOUT_MS", "120000"),
+        Path::new(SHOPMESH),
+        &[&shopmesh_payment::SERVICE],
+    )
+    .await;
+    let book = shop.product("BOOK-1", 1000, 50).await;
+    let ivy = shop.customer("ivy@shop.test").await;
+    let first = place_single_item_order(&shop, &ivy, &book).await;
+    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+
+    // While the test holds payment's outbox, the next charge is taken by the
+    // provider and then waits at PaymentCaptured's outbox insert.
+    let db = sqlx::PgPool::connect(&shop.env.database_url("payment").await).await.unwrap();
+    let mut hold = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    let order = place_single_item_order(&shop, &ivy, &book).await;
+    let mid_batch: i32 = eventually("a charge waiting mid-transaction", SAGA, || async {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'payment' \
+             AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    })
+    .await;
+    let provider_charges = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT provider, provider_reference FROM test_provider_charges WHERE idempotency_key = $1",
+        )
+        .bind(&order)
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let taken = provider_charges().await;
+    assert_eq!(taken.len(), 1, "the provider has charged: {taken:?}");
+
+    shop.process(&shopmesh_payment::SERVICE).kill().await;
+    hold.rollback().await.unwrap();
+    eventually("the killed batch's session ended", SAGA, || async {
+        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
+            .bind(mid_batch)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (!alive).then_some(())
+    })
+    .await;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = $1::uuid")
+        .bind(&order)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "the payment's own record died with the process");
+
+    shop.process(&shopmesh_payment::SERVICE).restart().await;
+    assert_eq!(shop.final_order(&ivy, &order).await["status"], "ORDER_STATUS_CONFIRMED");
+    let payments = shop.payments(&ivy, &order).await;
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0]["status"], "PAYMENT_STATUS_CAPTURED");
+    assert_eq!(payments[0]["providerReference"], taken[0].1.as_str(), "the provider's charge, recorded");
+    assert_eq!(provider_charges().await, taken, "the provider was not charged again");
+    db.close().await;
+}

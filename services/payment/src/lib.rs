@@ -50,10 +50,13 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         open_for: rt.config.source.millis_or("BREAKER_OPEN_MS", defaults.open_for)?,
         success_threshold: rt.config.source.parse_or("BREAKER_SUCCESSES", defaults.success_threshold)?,
     };
-    let router = Arc::new(provider::Router::test_mode(breaker));
     let refund_retry = rt.config.source.millis_or("REFUND_RETRY_MS", Duration::from_secs(2))?;
     let database_url = rt.config.database_url.clone().context("payment needs DATABASE_URL")?;
     let journal_pool = shopmesh_platform::db::connect_with(&database_url, "payment-journal", 2, &[]).await?;
+    // The test providers' books, on connections of their own as a real
+    // provider's would be.
+    let books = shopmesh_platform::db::connect_with(&database_url, "payment-test-provider", 2, &[]).await?;
+    let router = Arc::new(provider::Router::test_mode(breaker, Some(books)));
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::INVENTORY, topics::ORDER],

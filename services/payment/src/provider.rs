@@ -1,12 +1,14 @@
 //! Payment providers (PSPs) and the router that picks one: the primary
 //! behind a circuit breaker, the secondary as fallback. The two built-in
-//! providers simulate Stripe's test mode in-process.
+//! providers simulate Stripe's test mode in-process; in the service they
+//! keep their books in Postgres, so a crash of the payment process does not
+//! make them forget a charge, as a real provider would not.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shopmesh_platform::money::Money;
+use shopmesh_platform::money::{Currency, Money};
 
 use crate::domain::{BreakerConfig, BreakerState, CircuitBreaker};
 
@@ -72,9 +74,152 @@ pub trait ChargeJournal: Send + Sync {
 pub struct TestProvider {
     name: &'static str,
     down_on_test_token: bool,
-    charges: Mutex<HashMap<String, Result<Charge, ProviderError>>>,
-    refunded: Mutex<HashSet<String>>,
+    books: Books,
     refund_failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What a test provider charged (by idempotency key: a charge or a decline)
+/// and refunded: in memory, or in the `test_provider_*` tables, written on
+/// the provider's own connections and never in a payment's transaction.
+enum Books {
+    Memory { charges: Mutex<HashMap<String, Result<Charge, ProviderError>>>, refunded: Mutex<HashSet<String>> },
+    Postgres(sqlx::PgPool),
+}
+
+type Outcome = Result<Charge, ProviderError>;
+
+/// Books that cannot be read or written are a provider that cannot be
+/// reached: nothing was charged.
+fn unreachable(e: sqlx::Error) -> ProviderError {
+    tracing::warn!(error = %e, "test provider books unavailable");
+    ProviderError::Unavailable
+}
+
+impl Books {
+    fn memory() -> Self {
+        Self::Memory { charges: Mutex::default(), refunded: Mutex::default() }
+    }
+
+    /// The outcome recorded under `key`, if any.
+    async fn charged(&self, provider: &str, key: &str) -> Result<Option<Outcome>, ProviderError> {
+        match self {
+            Self::Memory { charges, .. } => Ok(charges.lock().expect("provider books poisoned").get(key).cloned()),
+            Self::Postgres(pool) => {
+                let row: Option<ChargeRow> = sqlx::query_as(
+                    "SELECT provider_reference, card_display, currency_code, amount_minor, declined
+                     FROM test_provider_charges WHERE provider = $1 AND idempotency_key = $2",
+                )
+                .bind(provider)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(unreachable)?;
+                row.map(ChargeRow::into_outcome).transpose()
+            }
+        }
+    }
+
+    /// Records `outcome` under `key` unless one is there already; returns
+    /// the one that stands.
+    async fn record(&self, provider: &str, key: &str, outcome: Outcome) -> Result<Outcome, ProviderError> {
+        match self {
+            Self::Memory { charges, .. } => {
+                Ok(charges.lock().expect("provider books poisoned").entry(key.to_owned()).or_insert(outcome).clone())
+            }
+            Self::Postgres(pool) => {
+                let (charge, declined) = match &outcome {
+                    Ok(c) => (Some(c), None),
+                    Err(ProviderError::Declined(reason)) => (None, Some(reason.as_str())),
+                    Err(_) => return Ok(outcome),
+                };
+                let inserted = sqlx::query(
+                    "INSERT INTO test_provider_charges
+                       (provider, idempotency_key, provider_reference, card_display, currency_code, amount_minor, declined)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(provider)
+                .bind(key)
+                .bind(charge.map(|c| c.provider_reference.as_str()))
+                .bind(charge.map(|c| c.card_display.as_str()))
+                .bind(charge.map(|c| c.amount.currency.as_str()))
+                .bind(charge.map(|c| c.amount.amount_minor))
+                .bind(declined)
+                .execute(pool)
+                .await
+                .map_err(unreachable)?
+                .rows_affected();
+                if inserted == 1 {
+                    return Ok(outcome);
+                }
+                // Another attempt under the same key got there first.
+                self.charged(provider, key).await?.ok_or(ProviderError::Unavailable)
+            }
+        }
+    }
+
+    async fn record_refund(&self, provider_reference: &str) -> Result<(), ProviderError> {
+        match self {
+            Self::Memory { refunded, .. } => {
+                refunded.lock().expect("provider books poisoned").insert(provider_reference.to_owned());
+                Ok(())
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO test_provider_refunds (provider_reference) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(provider_reference)
+                .execute(pool)
+                .await
+                .map_err(unreachable)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn is_refunded(&self, provider_reference: &str) -> Result<bool, ProviderError> {
+        match self {
+            Self::Memory { refunded, .. } => {
+                Ok(refunded.lock().expect("provider books poisoned").contains(provider_reference))
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT FROM test_provider_refunds WHERE provider_reference = $1)")
+                    .bind(provider_reference)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(unreachable)
+            }
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ChargeRow {
+    provider_reference: Option<String>,
+    card_display: Option<String>,
+    currency_code: Option<String>,
+    amount_minor: Option<i64>,
+    declined: Option<String>,
+}
+
+impl ChargeRow {
+    fn into_outcome(self) -> Result<Outcome, ProviderError> {
+        let corrupt = || {
+            tracing::error!("test provider books hold an unreadable charge");
+            ProviderError::Unavailable
+        };
+        match (self.provider_reference, self.declined) {
+            (Some(provider_reference), _) => {
+                let currency = Currency::parse(&self.currency_code.ok_or_else(corrupt)?).map_err(|_| corrupt())?;
+                Ok(Ok(Charge {
+                    provider_reference,
+                    card_display: self.card_display.ok_or_else(corrupt)?,
+                    amount: Money::new(currency, self.amount_minor.ok_or_else(corrupt)?),
+                }))
+            }
+            (None, Some(reason)) => Ok(Err(ProviderError::Declined(reason))),
+            (None, None) => Err(corrupt()),
+        }
+    }
 }
 
 /// Refund attempts a `tok_refund_outage` charge fails before one succeeds.
@@ -91,13 +236,12 @@ impl TestProvider {
     }
 
     fn new(name: &'static str, down_on_test_token: bool) -> Self {
-        Self {
-            name,
-            down_on_test_token,
-            charges: Mutex::default(),
-            refunded: Mutex::default(),
-            refund_failures: Mutex::default(),
-        }
+        Self { name, down_on_test_token, books: Books::memory(), refund_failures: Mutex::default() }
+    }
+
+    /// Keeps this provider's books in `pool`'s `test_provider_*` tables.
+    pub fn keeping_books_in(self, pool: sqlx::PgPool) -> Self {
+        Self { books: Books::Postgres(pool), ..self }
     }
 
     fn outcome(&self, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
@@ -129,14 +273,13 @@ impl PaymentProvider for TestProvider {
     }
 
     async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
-        let mut charges = self.charges.lock().expect("provider map poisoned");
-        if let Some(previous) = charges.get(idempotency_key) {
-            return previous.clone();
+        if let Some(previous) = self.books.charged(self.name, idempotency_key).await? {
+            return previous;
         }
-        let outcome = self.outcome(token, amount);
+        let mut outcome = self.outcome(token, amount);
         // Outages aren't remembered: a retry after one is a fresh attempt.
         if outcome != Err(ProviderError::Unavailable) {
-            charges.insert(idempotency_key.to_owned(), outcome.clone());
+            outcome = self.books.record(self.name, idempotency_key, outcome).await?;
         }
         if token == "tok_provider_timeout" && self.down_on_test_token {
             return Err(ProviderError::NoAnswer);
@@ -145,7 +288,7 @@ impl PaymentProvider for TestProvider {
     }
 
     async fn refund(&self, provider_reference: &str, _amount: &Money) -> Result<(), ProviderError> {
-        // References survive our restarts but this map doesn't: trust our own prefix.
+        // Books in memory don't survive our restarts: trust our own prefix.
         if !provider_reference.starts_with(&format!("{}_ch_", self.name)) {
             return Err(ProviderError::Declined("no_such_charge".into()));
         }
@@ -157,19 +300,18 @@ impl PaymentProvider for TestProvider {
                 return Err(ProviderError::Unavailable);
             }
         }
-        self.refunded.lock().expect("provider map poisoned").insert(provider_reference.to_owned());
-        Ok(())
+        self.books.record_refund(provider_reference).await
     }
 
     async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
-        Ok(self.charges.lock().expect("provider map poisoned").get(idempotency_key).cloned().and_then(Result::ok))
+        Ok(self.books.charged(self.name, idempotency_key).await?.and_then(Result::ok))
     }
 }
 
 impl TestProvider {
     /// Whether the charge `provider_reference` was refunded (tests audit with it).
-    pub fn is_refunded(&self, provider_reference: &str) -> bool {
-        self.refunded.lock().expect("provider map poisoned").contains(provider_reference)
+    pub async fn is_refunded(&self, provider_reference: &str) -> bool {
+        self.books.is_refunded(provider_reference).await.expect("test provider books readable")
     }
 }
 
@@ -214,14 +356,15 @@ impl Router {
         router
     }
 
-    /// The built-in test providers with the real clock.
-    pub fn test_mode(breaker: BreakerConfig) -> Self {
-        Self::new(
-            Arc::new(TestProvider::primary()),
-            Arc::new(TestProvider::secondary()),
-            breaker,
-            Arc::new(SystemClock),
-        )
+    /// The built-in test providers with the real clock, their books in
+    /// memory or, given a pool, in Postgres.
+    pub fn test_mode(breaker: BreakerConfig, books: Option<sqlx::PgPool>) -> Self {
+        let (mut primary, mut secondary) = (TestProvider::primary(), TestProvider::secondary());
+        if let Some(pool) = books {
+            primary = primary.keeping_books_in(pool.clone());
+            secondary = secondary.keeping_books_in(pool);
+        }
+        Self::new(Arc::new(primary), Arc::new(secondary), breaker, Arc::new(SystemClock))
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -496,7 +639,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_decline_is_final_and_does_not_fail_over() {
-        let router = Router::test_mode(BreakerConfig::default());
+        let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
         let routed = router.charge("o1", "tok_chargeDeclined", &usd(100), &journal).await.unwrap();
         assert_eq!(routed.provider, PRIMARY);
@@ -506,7 +649,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_answer_is_never_failed_over_and_the_charge_is_found_again() {
-        let router = Router::test_mode(BreakerConfig::default());
+        let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
         let routed = router.charge("o1", "tok_provider_timeout", &usd(100), &journal).await.unwrap();
         assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
@@ -518,7 +661,7 @@ mod tests {
 
     #[tokio::test]
     async fn provider_down_token_is_charged_by_the_secondary() {
-        let router = Router::test_mode(BreakerConfig::default());
+        let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
         let routed = router.charge("o1", "tok_provider_down", &usd(100), &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);

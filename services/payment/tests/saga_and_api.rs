@@ -269,7 +269,7 @@ async fn a_refund_the_provider_cannot_take_is_owed_and_retried_until_it_goes_thr
     h.primary.down.store(false, Ordering::SeqCst);
     assert_eq!(retrier.retry_due().await.unwrap(), 1);
     assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
-    assert!(h.primary.inner.is_refunded(&taken.provider_reference));
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference).await);
     let refunded = h.published::<PaymentRefunded>().await;
     assert_eq!(refunded.len(), 1);
     assert_eq!(refunded[0].amount.as_ref().unwrap().amount_minor, 4100);
@@ -293,7 +293,7 @@ async fn a_capture_whose_transaction_was_lost_is_refunded_when_the_order_is_canc
 
     // The order times out before StockReserved is redelivered.
     h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap();
-    assert!(h.primary.inner.is_refunded(&taken.provider_reference), "the capture went back to the customer");
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference).await, "the capture went back to the customer");
     assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
     let captured = h.published::<PaymentCaptured>().await;
     assert_eq!(captured.len(), 1, "the capture is on the record: {captured:?}");
@@ -338,7 +338,7 @@ async fn a_capture_a_silent_provider_may_hold_for_a_cancelled_order_is_asked_abo
     assert_eq!(h.make_capture_check_due(order).await, Some(3));
     assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
     assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
-    assert!(h.primary.inner.is_refunded(&taken.provider_reference));
+    assert!(h.primary.inner.is_refunded(&taken.provider_reference).await);
     assert_eq!(h.published::<PaymentCaptured>().await.len(), 1);
     assert_eq!(h.published::<PaymentRefunded>().await.len(), 1);
     assert_eq!(h.make_capture_check_due(order).await, None, "answered: nothing left to ask");

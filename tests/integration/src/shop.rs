@@ -26,7 +26,8 @@ pub struct Shop {
     pub gw: String,
     pub http: Client,
     pub admin: String,
-    /// The payment service and its own shutdown (tests stop and restart it).
+    /// The payment service and its own shutdown (tests stop and restart it;
+    /// `None` when it is down or runs as a process).
     pub payment: Option<(Launched, Shutdown)>,
     /// The order service and its own shutdown, likewise (`None` when it
     /// runs as a process).
@@ -46,7 +47,7 @@ impl Shop {
 
     /// Every service plus the gateway, with each of `processes` run by the
     /// `shopmesh` binary `bin` in a process of its own, which a test can kill
-    /// outright (`Shop::process`). Inventory and order can run so.
+    /// outright (`Shop::process`). Inventory, order and payment can run so.
     pub async fn start_with_processes(
         configure: impl FnOnce(&mut TestEnv),
         bin: &Path,
@@ -105,19 +106,24 @@ impl Shop {
             (&shopmesh_order::SERVICE, order_addr),
             (&shopmesh_notification::SERVICE, notification.grpc_addr),
         ];
-        let payment = if with_payment {
-            let stop = env.shutdown.child();
-            Some((env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await, stop))
-        } else {
-            None
-        };
-        if let Some((p, _)) = &payment {
-            backends.push((&shopmesh_payment::SERVICE, p.grpc_addr));
+        let mut payment = None;
+        if with_payment {
+            let addr = match spawned(&env, &shopmesh_payment::SERVICE).await {
+                Some(addr) => addr,
+                None => {
+                    let stop = env.shutdown.child();
+                    let launched = env.launch_stoppable(&shopmesh_payment::SERVICE, stop.clone()).await;
+                    let addr = launched.grpc_addr;
+                    payment = Some((launched, stop));
+                    addr
+                }
+            };
+            backends.push((&shopmesh_payment::SERVICE, addr));
         }
         let gw = env.launch_gateway(&backends).await;
         let http = Client::new();
         let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        assert_eq!(processes.len(), as_processes.len(), "only inventory and order run as processes");
+        assert_eq!(processes.len(), as_processes.len(), "only inventory, order and payment run as processes");
         Shop { processes, env, gw, http, admin, payment, order }
     }
 
