@@ -119,18 +119,24 @@ impl Books {
         }
     }
 
-    /// Records `outcome` under `key` unless one is there already; returns
-    /// the one that stands.
-    async fn record(&self, provider: &str, key: &str, outcome: Outcome) -> Result<Outcome, ProviderError> {
+    /// Records `outcome` under `key` unless one is there already (one
+    /// statement when it is new); returns the one that stands, and whether
+    /// it is `outcome`.
+    async fn record(&self, provider: &str, key: &str, outcome: Outcome) -> Result<(Outcome, bool), ProviderError> {
         match self {
             Self::Memory { charges, .. } => {
-                Ok(charges.lock().expect("provider books poisoned").entry(key.to_owned()).or_insert(outcome).clone())
+                let mut charges = charges.lock().expect("provider books poisoned");
+                if let Some(earlier) = charges.get(key) {
+                    return Ok((earlier.clone(), false));
+                }
+                charges.insert(key.to_owned(), outcome.clone());
+                Ok((outcome, true))
             }
             Self::Postgres(pool) => {
                 let (charge, declined) = match &outcome {
                     Ok(c) => (Some(c), None),
                     Err(ProviderError::Declined(reason)) => (None, Some(reason.as_str())),
-                    Err(_) => return Ok(outcome),
+                    Err(_) => return Ok((outcome, true)),
                 };
                 let inserted = sqlx::query(
                     "INSERT INTO test_provider_charges
@@ -149,10 +155,10 @@ impl Books {
                 .map_err(unreachable)?
                 .rows_affected();
                 if inserted == 1 {
-                    return Ok(outcome);
+                    return Ok((outcome, true));
                 }
-                // Another attempt under the same key got there first.
-                self.charged(provider, key).await?.ok_or(ProviderError::Unavailable)
+                let earlier = self.charged(provider, key).await?.ok_or(ProviderError::Unavailable)?;
+                Ok((earlier, false))
             }
         }
     }
@@ -273,13 +279,15 @@ impl PaymentProvider for TestProvider {
     }
 
     async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Charge, ProviderError> {
-        if let Some(previous) = self.books.charged(self.name, idempotency_key).await? {
-            return previous;
+        let outcome = self.outcome(token, amount);
+        if outcome == Err(ProviderError::Unavailable) {
+            // Outages aren't remembered: a retry after one is a fresh
+            // attempt, but what an earlier one charged stands.
+            return self.books.charged(self.name, idempotency_key).await?.unwrap_or(outcome);
         }
-        let mut outcome = self.outcome(token, amount);
-        // Outages aren't remembered: a retry after one is a fresh attempt.
-        if outcome != Err(ProviderError::Unavailable) {
-            outcome = self.books.record(self.name, idempotency_key, outcome).await?;
+        let (outcome, fresh) = self.books.record(self.name, idempotency_key, outcome).await?;
+        if !fresh {
+            return outcome;
         }
         if token == "tok_provider_timeout" && self.down_on_test_token {
             return Err(ProviderError::NoAnswer);
