@@ -4,16 +4,75 @@
 //! was part of still finishes, each effect applied once; stopped with
 //! SIGTERM, it drains and exits cleanly. Order, killed while checkouts wait
 //! on its database, leaves its clients' Idempotency-Keys to make their
-//! retries place one order each.
+//! retries place one order each. Payment, killed after its provider charged
+//! and before its own commit, charges once.
+//!
+//! To stop a service inside a transaction, a test holds a lock on its outbox
+//! and watches `pg_stat_activity` for the service's session waiting on it.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use shopmesh_integration_tests::eventually;
 use shopmesh_integration_tests::shop::{SAGA, Shop, address, place_single_item_order};
+use shopmesh_integration_tests::{TestEnv, eventually};
 
 const SHOPMESH: &str = env!("CARGO_BIN_EXE_shopmesh");
+
+/// A shop with `def` as its own process, a book in stock (50), and Ivy,
+/// whose first order has confirmed and been committed: the saga runs end
+/// to end.
+async fn shop_with_process(
+    def: &'static shopmesh_platform::runtime::ServiceDef,
+    configure: impl FnOnce(&mut TestEnv),
+) -> (Shop, String, String) {
+    let shop = Shop::start_with_processes(configure, Path::new(SHOPMESH), &[def]).await;
+    let book = shop.product("BOOK-1", 1000, 50).await;
+    let ivy = shop.customer("ivy@shop.test").await;
+    let first = place_single_item_order(&shop, &ivy, &book).await;
+    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("first order committed", SAGA, || async { (shop.stock(&book).await == (49, 49, 0)).then_some(()) })
+        .await;
+    (shop, book, ivy)
+}
+
+/// Takes `SHARE` on the service's outbox: its writers wait at their outbox
+/// insert, inside their transaction, until the returned one ends.
+async fn hold_outbox(db: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut hold = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    hold
+}
+
+/// The session of `service` that waits on a lock in a transaction that has
+/// already written (it has a transaction id).
+async fn waiting_after_writes(db: &sqlx::PgPool, service: &str) -> i32 {
+    eventually(&format!("a {service} transaction waiting after its writes"), SAGA, || async {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 \
+             AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
+        )
+        .bind(service)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+/// Waits until the session `pid` is gone: Postgres ends the session of a
+/// killed client, rolling back what it had not committed.
+async fn session_ended(db: &sqlx::PgPool, pid: i32) {
+    eventually(&format!("session {pid} ended"), SAGA, || async {
+        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
+            .bind(pid)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        (!alive).then_some(())
+    })
+    .await
+}
 
 /// What inventory has applied, as its database holds it: inbox rows,
 /// reservations, units on hand, units reserved.
@@ -30,18 +89,8 @@ async fn applied(db: &sqlx::PgPool) -> (i64, i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // Two consumer-group rejoins fit well inside the pending timeout.
-    let mut shop = Shop::start_with_processes(
-        |env| env.set("PENDING_TIMEOUT_MS", "120000"),
-        Path::new(SHOPMESH),
-        &[&shopmesh_inventory::SERVICE],
-    )
-    .await;
-    let book = shop.product("BOOK-1", 1000, 50).await;
-    let ivy = shop.customer("ivy@shop.test").await;
-    let first = place_single_item_order(&shop, &ivy, &book).await;
-    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
-    eventually("first order committed", SAGA, || async { (shop.stock(&book).await == (49, 49, 0)).then_some(()) })
-        .await;
+    let (mut shop, book, ivy) =
+        shop_with_process(&shopmesh_inventory::SERVICE, |env| env.set("PENDING_TIMEOUT_MS", "120000")).await;
     shop.env.wait_consumers_caught_up(&[("inventory", &["order-events", "payment-events"])], SAGA).await;
 
     // Killed while idle: it never leaves its consumer group. Customers keep
@@ -58,33 +107,13 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // inbox rows and reservations written, nothing committed.
     let db = sqlx::PgPool::connect(&shop.env.database_url("inventory").await).await.unwrap();
     let before = applied(&db).await;
-    let mut hold = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    let hold = hold_outbox(&db).await;
     let inventory = shop.process(&shopmesh_inventory::SERVICE);
     inventory.restart().await;
-    let mid_batch: i32 = eventually("a consumer batch waiting mid-transaction", SAGA, || async {
-        // A transaction id means it has written; the lock wait is ours.
-        sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'inventory' \
-             AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
-        )
-        .fetch_optional(&db)
-        .await
-        .unwrap()
-    })
-    .await;
+    let mid_batch = waiting_after_writes(&db, "inventory").await;
     inventory.kill().await;
     hold.rollback().await.unwrap();
-    // Postgres rolls the batch back once it finds its client gone.
-    eventually("the killed batch's session ended", SAGA, || async {
-        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
-            .bind(mid_batch)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        (!alive).then_some(())
-    })
-    .await;
+    session_ended(&db, mid_batch).await;
     assert_eq!(applied(&db).await, before, "the killed batch left nothing behind");
 
     // A third process picks up where the first left off: each order reserved,
@@ -105,13 +134,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
-    let mut shop = Shop::start_with_processes(|_| {}, Path::new(SHOPMESH), &[&shopmesh_inventory::SERVICE]).await;
-    let book = shop.product("BOOK-1", 1000, 50).await;
-    let ivy = shop.customer("ivy@shop.test").await;
-    let first = place_single_item_order(&shop, &ivy, &book).await;
-    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
-    eventually("first order committed", SAGA, || async { (shop.stock(&book).await == (49, 49, 0)).then_some(()) })
-        .await;
+    let (mut shop, book, ivy) = shop_with_process(&shopmesh_inventory::SERVICE, |_| {}).await;
 
     // SIGTERM (what Kubernetes sends): it drains within its grace (5 s in
     // tests) and exits 0, its consumer's offsets committed on the way out.
@@ -166,8 +189,7 @@ async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_o
     // Three more checkouts reach the order database and wait there (the
     // test holds its outbox); then the order service dies.
     let db = sqlx::PgPool::connect(&shop.env.database_url("order").await).await.unwrap();
-    let mut hold = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    let hold = hold_outbox(&db).await;
     let cut_off: Vec<_> = customers[1..].iter().map(|c| tokio::spawn(checkout(c))).collect();
     eventually("three checkouts waiting in the order database", SAGA, || async {
         let waiting: i64 = sqlx::query_scalar(
@@ -228,33 +250,15 @@ async fn checkouts_cut_off_by_an_order_crash_and_retried_with_their_keys_place_o
 /// provider and records it; the customer is charged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payment_killed_between_the_providers_charge_and_its_commit_charges_once() {
-    let mut shop = Shop::start_with_processes(
-        |env| env.set("PENDING_TIMEOUT_MS", "120000"),
-        Path::new(SHOPMESH),
-        &[&shopmesh_payment::SERVICE],
-    )
-    .await;
-    let book = shop.product("BOOK-1", 1000, 50).await;
-    let ivy = shop.customer("ivy@shop.test").await;
-    let first = place_single_item_order(&shop, &ivy, &book).await;
-    assert_eq!(shop.final_order(&ivy, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+    let (mut shop, book, ivy) =
+        shop_with_process(&shopmesh_payment::SERVICE, |env| env.set("PENDING_TIMEOUT_MS", "120000")).await;
 
     // While the test holds payment's outbox, the next charge is taken by the
     // provider and then waits at PaymentCaptured's outbox insert.
     let db = sqlx::PgPool::connect(&shop.env.database_url("payment").await).await.unwrap();
-    let mut hold = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE outbox IN SHARE MODE").execute(&mut *hold).await.unwrap();
+    let hold = hold_outbox(&db).await;
     let order = place_single_item_order(&shop, &ivy, &book).await;
-    let mid_batch: i32 = eventually("a charge waiting mid-transaction", SAGA, || async {
-        sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'payment' \
-             AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL",
-        )
-        .fetch_optional(&db)
-        .await
-        .unwrap()
-    })
-    .await;
+    let mid_batch = waiting_after_writes(&db, "payment").await;
     let provider_charges = || async {
         sqlx::query_as::<_, (String, String)>(
             "SELECT provider, provider_reference FROM test_provider_charges WHERE idempotency_key = $1",
@@ -269,15 +273,7 @@ async fn payment_killed_between_the_providers_charge_and_its_commit_charges_once
 
     shop.process(&shopmesh_payment::SERVICE).kill().await;
     hold.rollback().await.unwrap();
-    eventually("the killed batch's session ended", SAGA, || async {
-        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
-            .bind(mid_batch)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        (!alive).then_some(())
-    })
-    .await;
+    session_ended(&db, mid_batch).await;
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = $1::uuid")
         .bind(&order)
         .fetch_one(&db)
