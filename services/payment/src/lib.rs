@@ -54,8 +54,16 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     let database_url = rt.config.database_url.clone().context("payment needs DATABASE_URL")?;
     let journal_pool = shopmesh_platform::db::connect_with(&database_url, "payment-journal", 2, &[]).await?;
     // The test providers' books, on connections of their own as a real
-    // provider's would be.
-    let books = shopmesh_platform::db::connect_with(&database_url, "payment-test-provider", 2, &[]).await?;
+    // provider's would be. A simulator's books need not wait for the disk:
+    // asynchronous commit keeps them visible at once, and only a crash of
+    // Postgres itself could lose their last moments.
+    let books = shopmesh_platform::db::connect_with(
+        &database_url,
+        "payment-test-provider",
+        2,
+        &[("synchronous_commit", "off")],
+    )
+    .await?;
     let router = Arc::new(provider::Router::test_mode(breaker, Some(books)));
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
