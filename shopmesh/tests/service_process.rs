@@ -134,7 +134,12 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
-    let (mut shop, book, ivy) = shop_with_process(&shopmesh_inventory::SERVICE, |_| {}).await;
+    // Inventory commits its consumer offsets only on its way out, so the
+    // check below sees what shutdown committed.
+    let (mut shop, book, ivy) = shop_with_process(&shopmesh_inventory::SERVICE, |env| {
+        env.set("inventory.KAFKA_COMMIT_INTERVAL_MS", "3600000");
+    })
+    .await;
 
     // SIGTERM (what Kubernetes sends): it drains within its grace (5 s in
     // tests) and exits 0, its consumer's offsets committed on the way out.
