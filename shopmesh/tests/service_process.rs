@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use shopmesh_integration_tests::shop::{SAGA, Shop, address, place_single_item_order};
-use shopmesh_integration_tests::{TestEnv, eventually};
+use shopmesh_integration_tests::{SAGA_CONSUMERS, TestEnv, eventually};
 
 const SHOPMESH: &str = env!("CARGO_BIN_EXE_shopmesh");
 
@@ -34,6 +34,11 @@ async fn shop_with_process(
     eventually("first order committed", SAGA, || async { (shop.stock(&book).await == (49, 49, 0)).then_some(()) })
         .await;
     (shop, book, ivy)
+}
+
+/// Inventory's consumer group and the topics it reads, as the saga lists them.
+fn inventory_consumer() -> Vec<(&'static str, &'static [&'static str])> {
+    SAGA_CONSUMERS.iter().copied().filter(|(group, _)| *group == "inventory").collect()
 }
 
 /// Takes `SHARE` on the service's outbox: its writers wait at their outbox
@@ -91,7 +96,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
     // Two consumer-group rejoins fit well inside the pending timeout.
     let (mut shop, book, ivy) =
         shop_with_process(&shopmesh_inventory::SERVICE, |env| env.set("PENDING_TIMEOUT_MS", "120000")).await;
-    shop.env.wait_consumers_caught_up(&[("inventory", &["order-events", "payment-events"])], SAGA).await;
+    shop.env.wait_consumers_caught_up(&inventory_consumer(), SAGA).await;
 
     // Killed while idle: it never leaves its consumer group. Customers keep
     // checking out meanwhile.
@@ -124,7 +129,7 @@ async fn inventory_killed_mid_batch_and_restarted_finishes_every_saga_once() {
         assert_eq!(shop.payments(&ivy, id).await.len(), 1, "charged exactly once: {id}");
     }
     eventually("all committed once", SAGA, || async { (shop.stock(&book).await == (44, 44, 0)).then_some(()) }).await;
-    shop.env.wait_consumers_caught_up(&[("inventory", &["order-events", "payment-events"])], SAGA).await;
+    shop.env.wait_consumers_caught_up(&inventory_consumer(), SAGA).await;
     let (inbox, reservations, on_hand, reserved) = applied(&db).await;
     assert_eq!((reservations, on_hand, reserved), (6, 44, 0));
     // Per order: OrderCreated and OrderConfirmed.
@@ -146,8 +151,7 @@ async fn a_service_process_drains_on_sigterm_and_exits_cleanly() {
     let inventory = shop.process(&shopmesh_inventory::SERVICE);
     let status = inventory.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "inventory exited with {status}");
-    let saga_inventory: &[(&str, &[&str])] = &[("inventory", &["order-events", "payment-events"])];
-    shop.env.wait_consumers_caught_up(saga_inventory, Duration::from_secs(5)).await;
+    shop.env.wait_consumers_caught_up(&inventory_consumer(), Duration::from_secs(5)).await;
 
     // Started again, it takes the next order from where it stopped.
     let inventory = shop.process(&shopmesh_inventory::SERVICE);
