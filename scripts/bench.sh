@@ -79,6 +79,9 @@ for port in $(seq 9101 9108); do
 done
 "$BIN" seed >&2  # stdout stays the bench's (--json)
 
+# The services may use Postgres' socket; pgbench's reference run keeps to
+# TCP, as in every figure the README compares it with.
+export SHOPMESH_POSTGRES_URL="$POSTGRES_TCP_URL"
 if [ $# -eq 0 ]; then
   "$BENCH" gateway-vs-grpc
   "$BENCH" catalog-get
