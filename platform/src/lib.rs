@@ -23,6 +23,8 @@ pub mod redis;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Generated protobuf types shared by every service.
 pub mod pb {

@@ -10,21 +10,9 @@ use shopmesh_auth::{create_admin, grpc::AuthApi, pb, rotate_signing_key, tokens:
 use shopmesh_platform::auth::{AuthError, Principal, TokenVerifier};
 use shopmesh_platform::config::RedisConfig;
 use shopmesh_platform::outbox::Outbox;
+use shopmesh_platform::testing::{ScratchDatabase, drop_databases, redis_url};
 use sqlx::PgPool;
 use tonic::{Code, Request};
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Server URL without a database; `scripts/test.sh` exports the stack's.
-fn postgres_url() -> String {
-    env_or("SHOPMESH_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
-}
-
-fn redis_url() -> String {
-    env_or("SHOPMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-}
 
 const ISSUER: &str = "shopmesh-auth";
 const AUDIENCE: &str = "shopmesh";
@@ -39,11 +27,7 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let db_name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{db_name}", postgres_url());
-    shopmesh_platform::db::ensure_database(&url).await.unwrap();
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_auth::MIGRATOR)).await.unwrap();
+    let ScratchDatabase { pool, name: db_name } = ScratchDatabase::create("auth_test", &shopmesh_auth::MIGRATOR).await;
     keys::ensure_fresh_key(&pool, Duration::from_secs(3600), PUBLISH_WINDOW).await.unwrap();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let redis_cfg =
@@ -67,10 +51,7 @@ async fn harness() -> Harness {
 impl Harness {
     async fn drop_db(self) {
         self.pool.close().await;
-        let admin = PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
-            .execute(&admin)
-            .await;
+        drop_databases([self.db_name]).await;
     }
 
     async fn register(&self, email: &str, password: &str, name: &str) -> Result<String, tonic::Status> {

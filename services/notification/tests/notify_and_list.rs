@@ -12,13 +12,10 @@ use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
 use shopmesh_platform::events::{DomainEvent, ReceivedEvent};
 use shopmesh_platform::pb::common::v1::{Money, PageRequest};
 use shopmesh_platform::pb::events::v1::{CancelReason, OrderCancelled, OrderConfirmed, PaymentRefunded};
+use shopmesh_platform::testing::{ScratchDatabase, drop_databases};
 use sqlx::PgPool;
 use tonic::{Code, Request};
 use uuid::Uuid;
-
-fn postgres_url() -> String {
-    std::env::var("SHOPMESH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 struct Harness {
     pool: PgPool,
@@ -27,21 +24,15 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let db_name = format!("notification_test_{}", Uuid::new_v4().simple());
-    let url = format!("{}/{db_name}", postgres_url());
-    shopmesh_platform::db::ensure_database(&url).await.unwrap();
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_notification::MIGRATOR)).await.unwrap();
+    let ScratchDatabase { pool, name: db_name } =
+        ScratchDatabase::create("notification_test", &shopmesh_notification::MIGRATOR).await;
     Harness { api: NotificationApi { pool: pool.clone() }, pool, db_name }
 }
 
 impl Harness {
     async fn drop_db(self) {
         self.pool.close().await;
-        let admin = PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
-            .execute(&admin)
-            .await;
+        drop_databases([self.db_name]).await;
     }
 
     async fn deliver(&self, event: &ReceivedEvent) -> Result<bool, HandlerError> {

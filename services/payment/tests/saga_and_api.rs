@@ -20,13 +20,10 @@ use shopmesh_platform::pb::common::v1::{Money, PageRequest};
 use shopmesh_platform::pb::events::v1::{
     CancelReason, EventEnvelope, OrderCancelled, PaymentCaptured, PaymentDeclined, PaymentRefunded, StockReserved,
 };
+use shopmesh_platform::testing::{ScratchDatabase, drop_databases};
 use sqlx::PgPool;
 use tonic::{Code, Request};
 use uuid::Uuid;
-
-fn postgres_url() -> String {
-    std::env::var("SHOPMESH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 /// The built-in primary, which can be taken down (it then answers nothing,
 /// not even whether it holds a charge).
@@ -75,11 +72,8 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let db_name = format!("payment_test_{}", Uuid::new_v4().simple());
-    let url = format!("{}/{db_name}", postgres_url());
-    shopmesh_platform::db::ensure_database(&url).await.unwrap();
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_payment::MIGRATOR)).await.unwrap();
+    let ScratchDatabase { pool, name: db_name } =
+        ScratchDatabase::create("payment_test", &shopmesh_payment::MIGRATOR).await;
     let primary = Arc::new(SwitchablePrimary { inner: TestProvider::primary(), down: AtomicBool::new(false) });
     let secondary = Arc::new(TestProvider::secondary());
     let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
@@ -95,10 +89,7 @@ async fn harness() -> Harness {
 impl Harness {
     async fn drop_db(self) {
         self.pool.close().await;
-        let admin = PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
-            .execute(&admin)
-            .await;
+        drop_databases([self.db_name]).await;
     }
 
     /// Applies `event` and then loses the transaction, as a crash before the

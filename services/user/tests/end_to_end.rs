@@ -8,25 +8,9 @@ use std::time::Duration;
 use shopmesh_platform::config::{ConfigSource, ServiceConfig};
 use shopmesh_platform::runtime::{Launched, ServiceDef, launch};
 use shopmesh_platform::shutdown::Shutdown;
+use shopmesh_platform::testing::{database_url, drop_databases, kafka_brokers, redis_url};
 use tonic::Code;
 use uuid::Uuid;
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Server URL without a database; `scripts/test.sh` exports the stack's.
-fn postgres_url() -> String {
-    env_or("SHOPMESH_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
-}
-
-fn redis_url() -> String {
-    env_or("SHOPMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-}
-
-fn kafka_brokers() -> String {
-    env_or("SHOPMESH_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
-}
 
 fn base_source(id: &str) -> ConfigSource {
     ConfigSource::from_pairs([
@@ -46,8 +30,7 @@ fn base_source(id: &str) -> ConfigSource {
 async fn start(def: &'static ServiceDef, source: &ConfigSource, id: &str, shutdown: &Shutdown) -> (Launched, String) {
     let name = def.spec.name;
     let db = format!("e2e{id}_{name}");
-    let url = format!("{}/{db}", postgres_url());
-    shopmesh_platform::db::ensure_database(&url).await.unwrap();
+    let url = database_url(&db).await;
     let source = source.clone().set(&format!("{name}.DATABASE_URL"), url);
     let config = ServiceConfig::load(name, &source, def.spec.needs).unwrap();
     (launch(def, config, shutdown.clone()).await.unwrap(), db)
@@ -134,10 +117,5 @@ async fn register_login_profile_logout() {
         let _ = user.task.await;
     })
     .await;
-    let admin_pool = sqlx::PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
-    for db in [auth_db, user_db] {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
-            .execute(&admin_pool)
-            .await;
-    }
+    drop_databases([auth_db, user_db]).await;
 }

@@ -7,20 +7,12 @@ use shopmesh_platform::consumer::EventHandler as _;
 use shopmesh_platform::events::ReceivedEvent;
 use shopmesh_platform::pb::common::v1::PostalAddress;
 use shopmesh_platform::pb::events::v1::UserRegistered;
+use shopmesh_platform::testing::{ScratchDatabase, drop_databases};
 use shopmesh_user::pb::user_service_server::UserService as _;
 use shopmesh_user::{events::ProfileCreator, grpc::UserApi, pb};
 use sqlx::PgPool;
 use tonic::{Code, Request};
 use uuid::Uuid;
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Server URL without a database; `scripts/test.sh` exports the stack's.
-fn postgres_url() -> String {
-    env_or("SHOPMESH_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
-}
 
 struct Harness {
     pool: PgPool,
@@ -29,21 +21,14 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let db_name = format!("user_test_{}", Uuid::new_v4().simple());
-    let url = format!("{}/{db_name}", postgres_url());
-    shopmesh_platform::db::ensure_database(&url).await.unwrap();
-    let pool = shopmesh_platform::db::connect(&url, 5).await.unwrap();
-    shopmesh_platform::db::migrate(&pool, Some(&shopmesh_user::MIGRATOR)).await.unwrap();
+    let ScratchDatabase { pool, name: db_name } = ScratchDatabase::create("user_test", &shopmesh_user::MIGRATOR).await;
     Harness { api: UserApi { pool: pool.clone() }, pool, db_name }
 }
 
 impl Harness {
     async fn drop_db(self) {
         self.pool.close().await;
-        let admin = PgPool::connect(&format!("{}/postgres", postgres_url())).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)))
-            .execute(&admin)
-            .await;
+        drop_databases([self.db_name]).await;
     }
 
     /// Delivers UserRegistered the way the consumer runner does: inbox row

@@ -19,21 +19,7 @@ use shopmesh_platform::kafka::Kafka;
 use shopmesh_platform::runtime::{Launched, ServiceDef, launch};
 use shopmesh_platform::shutdown::Shutdown;
 
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-pub fn postgres_url() -> String {
-    env_or("SHOPMESH_TEST_POSTGRES_URL", "postgres://postgres:postgres@127.0.0.1:5432")
-}
-
-pub fn redis_url() -> String {
-    env_or("SHOPMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-}
-
-pub fn kafka_brokers() -> String {
-    env_or("SHOPMESH_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
-}
+pub use shopmesh_platform::testing::{kafka_brokers, postgres_url, redis_url};
 
 static TELEMETRY: std::sync::OnceLock<shopmesh_platform::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
 
@@ -89,8 +75,7 @@ impl TestEnv {
     /// Creates (once) and returns this test's database for `service`.
     pub async fn database_url(&self, service: &str) -> String {
         let name = format!("t{}_{service}", self.id);
-        let url = format!("{}/{name}", postgres_url());
-        shopmesh_platform::db::ensure_database(&url).await.expect("creating test database");
+        let url = shopmesh_platform::testing::database_url(&name).await;
         let mut dbs = self.databases.lock().unwrap();
         if !dbs.contains(&name) {
             dbs.push(name);
@@ -174,20 +159,12 @@ impl Drop for TestEnv {
             return;
         }
         // Drop can't await: clean up on a thread with its own runtime.
-        let admin = format!("{}/postgres", postgres_url());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 // Give services a moment to release their pools first.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(pool) = shopmesh_platform::db::connect(&admin, 1).await {
-                    for db in dbs {
-                        let _ =
-                            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
-                                .execute(&pool)
-                                .await;
-                    }
-                }
+                shopmesh_platform::testing::drop_databases(dbs).await;
             });
         })
         .join();
