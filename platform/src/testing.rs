@@ -41,23 +41,19 @@ pub async fn drop_databases(names: impl IntoIterator<Item = String>) {
     admin.close().await;
 }
 
-/// A fresh database with the platform's tables and a service's migrations.
+/// A fresh database with the platform's tables and a service's migrations;
+/// close the pool, then [`drop_databases`] its name.
 pub struct ScratchDatabase {
     pub pool: PgPool,
     pub name: String,
 }
 
 impl ScratchDatabase {
-    /// `prefix` names the test's crate in `pg_stat_activity` and leftovers.
+    /// The database's name starts with `prefix`, so a leftover shows whose it is.
     pub async fn create(prefix: &str, migrator: &Migrator) -> Self {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let pool = crate::db::connect(&database_url(&name).await, 5).await.expect("connecting to test database");
         crate::db::migrate(&pool, Some(migrator)).await.expect("migrating test database");
         Self { pool, name }
-    }
-
-    pub async fn remove(self) {
-        self.pool.close().await;
-        drop_databases([self.name]).await;
     }
 }
