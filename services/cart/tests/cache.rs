@@ -9,7 +9,7 @@ use shopmesh_cart::domain::{Cart, Quantity};
 use shopmesh_catalog::cache::Breaker;
 
 async fn redis() -> Client {
-    let url = std::env::var("SHOPMESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = shopmesh_platform::testing::redis_url();
     let client = Builder::from_config(Config::from_url(&url).unwrap()).build().unwrap();
     client.init().await.unwrap();
     client
