@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, OnCancelled, OnReserved};
 use crate::provider::{ChargeJournal, ProviderError, Router};
-use crate::store::{self, NewPayment, Outcome};
+use crate::store::{self, NewPayment, OrderPayment, Outcome};
 
 /// Consumer group and inbox name.
 pub const CONSUMER: &str = "payment";
@@ -45,6 +45,10 @@ struct AttemptJournal<'a> {
 impl ChargeJournal for AttemptJournal<'_> {
     async fn before_charge(&self, provider: &str) -> Result<(), String> {
         store::record_charge_attempt(self.pool, self.order_id, provider).await.map_err(|e| e.to_string())
+    }
+
+    async fn refused(&self, provider: &str) -> Result<(), String> {
+        store::record_charge_refused(self.pool, self.order_id, provider).await.map_err(|e| e.to_string())
     }
 }
 
@@ -78,7 +82,7 @@ impl SagaHandler {
 
         store::lock_order(tx, order_id).await?;
         let known = store::order_payment(tx, order_id).await?;
-        let outcome = match domain::on_reserved(known.payment.map(|p| p.status()), known.cancelled) {
+        let outcome = match domain::on_reserved(known.payment.as_ref().map(|p| p.status()), known.cancelled) {
             OnReserved::AlreadyHandled(status) => {
                 tracing::info!(%order_id, ?status, "order already has a payment; not charging again");
                 return Ok(());
@@ -93,7 +97,7 @@ impl SagaHandler {
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
             }
-            OnReserved::Charge => self.charge(&payment, &reserved.payment_token, &known.attempted).await?,
+            OnReserved::Charge => self.charge(&payment, &reserved.payment_token, &known).await?,
         };
         let row = store::record_payment(tx, &self.outbox, &payment, &outcome).await?;
         tracing::info!(%order_id, payment_id = %row.id, status = %row.status, provider = %row.provider, "payment recorded");
@@ -103,15 +107,16 @@ impl SagaHandler {
     /// Charges through the router. Providers are journaled before they are
     /// asked, and a capture an earlier attempt made (its transaction rolled
     /// back or never committed) is taken over instead of charging again,
-    /// perhaps at the other provider.
-    async fn charge(&self, payment: &NewPayment, token: &str, attempted: &[String]) -> Result<Outcome, HandlerError> {
+    /// perhaps at the other provider. Otherwise a provider an earlier
+    /// attempt left unanswered is asked again, and no other.
+    async fn charge(&self, payment: &NewPayment, token: &str, known: &OrderPayment) -> Result<Outcome, HandlerError> {
         let total = Money { currency_code: payment.currency_code.clone(), amount_minor: payment.amount_minor };
         let Ok(amount) = domain::chargeable(&total) else {
             // Decline rather than dead-letter, so the saga still compensates.
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };
         let key = payment.order_id.to_string();
-        if let Some((provider, charge)) = earlier_capture(&self.router, payment.order_id, attempted).await? {
+        if let Some((provider, charge)) = earlier_capture(&self.router, payment.order_id, &known.attempted).await? {
             tracing::warn!(order_id = %key, %provider, "taking over a capture an unrecorded attempt made");
             return Ok(Outcome::Captured {
                 provider,
@@ -122,7 +127,7 @@ impl SagaHandler {
         let journal = AttemptJournal { pool: &self.journal_pool, order_id: payment.order_id };
         let routed = self
             .router
-            .charge(&key, token, &amount, &journal)
+            .charge(&key, token, &amount, known.pinned_to.as_deref(), &journal)
             .await
             .map_err(|e| HandlerError::Retryable(format!("recording the charge attempt failed: {e}")))?;
         match routed.outcome {

@@ -58,11 +58,16 @@ pub trait PaymentProvider: Send + Sync {
     async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError>;
 }
 
-/// Durable note of which providers were asked to charge an order.
+/// Durable note of which providers were asked to charge an order, and which
+/// of them refused outright.
 #[async_trait::async_trait]
 pub trait ChargeJournal: Send + Sync {
     /// Records, before the call, that `provider` is about to be asked.
     async fn before_charge(&self, provider: &str) -> Result<(), String>;
+
+    /// Records that `provider` refused the request it was just asked
+    /// (`Unavailable`): that attempt took nothing.
+    async fn refused(&self, provider: &str) -> Result<(), String>;
 }
 
 /// Stripe-test-mode stand-in. On a provider built with `down_on_test_token`,
@@ -343,8 +348,9 @@ pub struct Routed<T> {
     pub outcome: Result<T, ProviderError>,
 }
 
-/// Sends charges to the primary unless its breaker is open or it fails, then
-/// to the secondary. Refunds go to whichever provider holds the charge.
+/// Sends charges to the primary unless its breaker is open or it refuses,
+/// then to the secondary; a retry goes back to the provider an earlier
+/// attempt may have charged. Refunds go to whichever provider holds the charge.
 pub struct Router {
     primary: Arc<dyn PaymentProvider>,
     secondary: Arc<dyn PaymentProvider>,
@@ -383,39 +389,65 @@ impl Router {
     /// provider is written to `journal` before it is asked, so a charge it
     /// makes stays findable whatever happens after; a journal failure stops
     /// the charge before any provider is called.
+    ///
+    /// `pinned` is a provider an earlier attempt asked that never refused
+    /// outright: it may hold the money, or still be taking it, and a lookup
+    /// that finds nothing cannot rule that out. Only it is asked, under the
+    /// same idempotency key, breaker or not; asking another could charge twice.
     pub async fn charge(
         &self,
         idempotency_key: &str,
         token: &str,
         amount: &Money,
+        pinned: Option<&str>,
         journal: &dyn ChargeJournal,
     ) -> Result<Routed<Charge>, String> {
+        if let Some(name) = pinned {
+            let provider = self
+                .named(name)
+                .ok_or_else(|| format!("an earlier attempt asked provider {name:?}, which is not configured"))?;
+            journal.before_charge(name).await?;
+            let outcome = provider.charge(idempotency_key, token, amount).await;
+            self.observe(provider, &outcome);
+            return Ok(Routed { provider: name.to_owned(), outcome });
+        }
         let allowed = self.breaker.lock().expect("breaker poisoned").allows(self.clock.now());
         if allowed {
             journal.before_charge(self.primary.name()).await?;
             let outcome = self.primary.charge(idempotency_key, token, amount).await;
-            {
-                let mut breaker = self.breaker.lock().expect("breaker poisoned");
-                match &outcome {
-                    // A decline means the provider is up and working.
-                    Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
-                    Err(ProviderError::Unavailable | ProviderError::NoAnswer) => breaker.on_failure(self.clock.now()),
-                }
-            }
-            self.record_state();
-            count(self.primary.name(), &outcome);
+            self.observe(&self.primary, &outcome);
             // Only a request the primary never took may go elsewhere: after
             // no answer it may hold the money, and a second provider would
             // charge the customer twice.
             if outcome != Err(ProviderError::Unavailable) {
                 return Ok(Routed { provider: self.primary.name().to_owned(), outcome });
             }
+            journal.refused(self.primary.name()).await?;
             tracing::warn!(idempotency_key, "primary provider unavailable; failing over");
         }
         journal.before_charge(self.secondary.name()).await?;
         let outcome = self.secondary.charge(idempotency_key, token, amount).await;
-        count(self.secondary.name(), &outcome);
+        self.observe(&self.secondary, &outcome);
+        if outcome == Err(ProviderError::Unavailable) {
+            journal.refused(self.secondary.name()).await?;
+        }
         Ok(Routed { provider: self.secondary.name().to_owned(), outcome })
+    }
+
+    /// Counts a charge's outcome and, for the primary, feeds its breaker.
+    fn observe(&self, provider: &Arc<dyn PaymentProvider>, outcome: &Result<Charge, ProviderError>) {
+        if Arc::ptr_eq(provider, &self.primary) {
+            {
+                let mut breaker = self.breaker.lock().expect("breaker poisoned");
+                match outcome {
+                    // A decline means the provider is up and working.
+                    Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
+                    Err(ProviderError::Unavailable | ProviderError::NoAnswer) => breaker.on_failure(self.clock.now()),
+                }
+            }
+            self.record_state();
+        }
+        count(provider.name(), outcome);
     }
 
     /// The capture `provider` holds under `idempotency_key`, if any.
@@ -434,6 +466,10 @@ impl Router {
 
     fn provider(&self, name: &str) -> &Arc<dyn PaymentProvider> {
         if name == self.secondary.name() { &self.secondary } else { &self.primary }
+    }
+
+    fn named(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
+        [&self.primary, &self.secondary].into_iter().find(|p| p.name() == name)
     }
 
     fn record_state(&self) {
@@ -565,14 +601,21 @@ mod tests {
         }
     }
 
-    /// Remembers which providers were announced, in order.
+    /// Remembers which providers were announced, and which refused, in order.
     #[derive(Default)]
-    struct Journal(Mutex<Vec<String>>);
+    struct Journal {
+        asked: Mutex<Vec<String>>,
+        refused: Mutex<Vec<String>>,
+    }
 
     #[async_trait::async_trait]
     impl ChargeJournal for Journal {
         async fn before_charge(&self, provider: &str) -> Result<(), String> {
-            self.0.lock().unwrap().push(provider.to_owned());
+            self.asked.lock().unwrap().push(provider.to_owned());
+            Ok(())
+        }
+        async fn refused(&self, provider: &str) -> Result<(), String> {
+            self.refused.lock().unwrap().push(provider.to_owned());
             Ok(())
         }
     }
@@ -584,6 +627,9 @@ mod tests {
         async fn before_charge(&self, _provider: &str) -> Result<(), String> {
             Err("database unavailable".into())
         }
+        async fn refused(&self, _provider: &str) -> Result<(), String> {
+            Err("database unavailable".into())
+        }
     }
 
     #[tokio::test]
@@ -593,9 +639,10 @@ mod tests {
         let secondary = Arc::new(TestProvider::secondary());
         let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), clock);
         let journal = Journal::default();
-        let routed = router.charge("o1", "tok_visa", &usd(100), &journal).await.unwrap();
+        let routed = router.charge("o1", "tok_visa", &usd(100), None, &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
-        assert_eq!(*journal.0.lock().unwrap(), vec![PRIMARY.to_owned(), SECONDARY.to_owned()]);
+        assert_eq!(*journal.asked.lock().unwrap(), vec![PRIMARY.to_owned(), SECONDARY.to_owned()]);
+        assert_eq!(*journal.refused.lock().unwrap(), vec![PRIMARY.to_owned()], "the primary took nothing");
         // What the secondary took can be found again under the same key.
         let found = router.find_charge(SECONDARY, "o1").await.unwrap().unwrap();
         assert_eq!(found, routed.outcome.unwrap());
@@ -611,7 +658,7 @@ mod tests {
             BreakerConfig::default(),
             Arc::new(SystemClock),
         );
-        assert!(router.charge("o1", "tok_visa", &usd(100), &BrokenJournal).await.is_err());
+        assert!(router.charge("o1", "tok_visa", &usd(100), None, &BrokenJournal).await.is_err());
         assert_eq!(primary.calls.load(Ordering::SeqCst), 0);
     }
 
@@ -625,23 +672,23 @@ mod tests {
 
         // Each outage fails over to the secondary for that charge.
         for i in 0..5 {
-            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100), &journal).await.unwrap();
+            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100), None, &journal).await.unwrap();
             assert_eq!(routed.provider, SECONDARY);
             assert!(routed.outcome.is_ok());
         }
         assert_eq!(router.breaker_state(), BreakerState::Open);
 
         // While open, the primary isn't even tried.
-        let routed = router.charge("o5", "tok_visa", &usd(100), &journal).await.unwrap();
+        let routed = router.charge("o5", "tok_visa", &usd(100), None, &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
         assert_eq!(primary.calls.load(Ordering::SeqCst), 5);
 
         // After 30 s trial calls reach the (recovered) primary; two close it.
         clock.advance(Duration::from_secs(30));
         primary.down.store(false, Ordering::SeqCst);
-        assert_eq!(router.charge("o6", "tok_visa", &usd(100), &journal).await.unwrap().provider, PRIMARY);
+        assert_eq!(router.charge("o6", "tok_visa", &usd(100), None, &journal).await.unwrap().provider, PRIMARY);
         assert_eq!(router.breaker_state(), BreakerState::HalfOpen);
-        assert_eq!(router.charge("o7", "tok_visa", &usd(100), &journal).await.unwrap().provider, PRIMARY);
+        assert_eq!(router.charge("o7", "tok_visa", &usd(100), None, &journal).await.unwrap().provider, PRIMARY);
         assert_eq!(router.breaker_state(), BreakerState::Closed);
     }
 
@@ -649,7 +696,7 @@ mod tests {
     async fn a_decline_is_final_and_does_not_fail_over() {
         let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
-        let routed = router.charge("o1", "tok_chargeDeclined", &usd(100), &journal).await.unwrap();
+        let routed = router.charge("o1", "tok_chargeDeclined", &usd(100), None, &journal).await.unwrap();
         assert_eq!(routed.provider, PRIMARY);
         assert_eq!(routed.outcome, Err(ProviderError::Declined("card_declined".into())));
         assert_eq!(router.breaker_state(), BreakerState::Closed);
@@ -659,19 +706,97 @@ mod tests {
     async fn no_answer_is_never_failed_over_and_the_charge_is_found_again() {
         let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
-        let routed = router.charge("o1", "tok_provider_timeout", &usd(100), &journal).await.unwrap();
+        let routed = router.charge("o1", "tok_provider_timeout", &usd(100), None, &journal).await.unwrap();
         assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
-        assert_eq!(*journal.0.lock().unwrap(), vec![PRIMARY.to_owned()], "the secondary was never asked");
+        assert_eq!(*journal.asked.lock().unwrap(), vec![PRIMARY.to_owned()], "the secondary was never asked");
         let found = router.find_charge(PRIMARY, "o1").await.unwrap().expect("the primary holds the charge");
         assert_eq!(found.amount, usd(100));
         assert_eq!(router.find_charge(SECONDARY, "o1").await.unwrap(), None);
+    }
+
+    /// A primary whose charges never answer (in flight, or lost on the way
+    /// back) and whose lookups cannot see them yet.
+    #[derive(Default)]
+    struct Silent {
+        calls: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl PaymentProvider for Silent {
+        fn name(&self) -> &str {
+            PRIMARY
+        }
+        async fn charge(&self, _key: &str, _token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(ProviderError::NoAnswer)
+        }
+        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
+            Ok(None)
+        }
+    }
+
+    fn over_the_test_secondary(primary: Arc<dyn PaymentProvider>) -> Router {
+        Router::new(primary, Arc::new(TestProvider::secondary()), BreakerConfig::default(), Arc::new(FakeClock::new()))
+    }
+
+    #[tokio::test]
+    async fn a_pinned_retry_asks_only_its_provider_even_with_the_breaker_open() {
+        let primary = Arc::new(Silent::default());
+        let secondary = Arc::new(TestProvider::secondary());
+        let router =
+            Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(FakeClock::new()));
+        let journal = Journal::default();
+        for i in 0..5 {
+            let routed = router.charge(&format!("o{i}"), "tok_visa", &usd(100), None, &journal).await.unwrap();
+            assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
+        }
+        assert_eq!(router.breaker_state(), BreakerState::Open);
+
+        // o0's first request may still land at the primary: ask it again, never the secondary.
+        let routed = router.charge("o0", "tok_visa", &usd(100), Some(PRIMARY), &journal).await.unwrap();
+        assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(secondary.find_charge("o0").await.unwrap(), None, "the secondary was never charged");
+        assert!(journal.refused.lock().unwrap().is_empty());
+
+        // An order nothing was asked for yet still skips the open breaker.
+        let routed = router.charge("o9", "tok_visa", &usd(100), None, &journal).await.unwrap();
+        assert_eq!(routed.provider, SECONDARY);
+    }
+
+    #[tokio::test]
+    async fn a_retry_pinned_to_the_secondary_stays_there_and_an_unknown_pin_asks_nobody() {
+        let primary = Arc::new(Flaky { down: false.into(), calls: AtomicU64::new(0) });
+        let router = over_the_test_secondary(primary.clone());
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_visa", &usd(100), Some(SECONDARY), &journal).await.unwrap();
+        assert_eq!(routed.provider, SECONDARY);
+        assert!(routed.outcome.is_ok());
+        assert!(router.charge("o2", "tok_visa", &usd(100), Some("stripe-eu"), &journal).await.is_err());
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 0, "the healthy primary was never asked");
+        assert_eq!(*journal.asked.lock().unwrap(), vec![SECONDARY.to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_pinned_provider_that_is_down_is_not_failed_over_nor_marked_refused() {
+        let primary = Arc::new(Flaky { down: true.into(), calls: AtomicU64::new(0) });
+        let router = over_the_test_secondary(primary);
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_visa", &usd(100), Some(PRIMARY), &journal).await.unwrap();
+        assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::Unavailable)));
+        assert_eq!(*journal.asked.lock().unwrap(), vec![PRIMARY.to_owned()]);
+        // Its earlier request may still hold the money: it stays pinned.
+        assert!(journal.refused.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn provider_down_token_is_charged_by_the_secondary() {
         let router = Router::test_mode(BreakerConfig::default(), None);
         let journal = Journal::default();
-        let routed = router.charge("o1", "tok_provider_down", &usd(100), &journal).await.unwrap();
+        let routed = router.charge("o1", "tok_provider_down", &usd(100), None, &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
         assert_eq!(routed.outcome.unwrap().card_display, "visa ending 4242");
     }

@@ -67,6 +67,9 @@ pub struct OrderPayment {
     pub cancelled: bool,
     /// Providers that were asked to charge it, first asked first.
     pub attempted: Vec<String>,
+    /// The provider a charge must go to, if any: the latest one asked that
+    /// did not refuse outright (see `Router::charge`).
+    pub pinned_to: Option<String>,
 }
 
 /// The order's payment, cancellation and charge attempts in one round trip.
@@ -78,7 +81,9 @@ pub async fn order_payment(conn: &mut PgConnection, order_id: Uuid) -> Result<Or
          SELECT p.*,
                 EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1) AS cancelled,
                 ARRAY(SELECT provider FROM charge_attempts WHERE order_id = $1
-                      ORDER BY attempted_at, provider) AS attempted
+                      ORDER BY attempted_at, provider) AS attempted,
+                (SELECT provider FROM charge_attempts WHERE order_id = $1 AND NOT refused
+                 ORDER BY attempted_at DESC, provider DESC LIMIT 1) AS pinned_to
          FROM (VALUES (1)) AS one LEFT JOIN p ON true"
     ))
     .bind(order_id)
@@ -88,7 +93,12 @@ pub async fn order_payment(conn: &mut PgConnection, order_id: Uuid) -> Result<Or
         Some(_) => Some(PaymentRow::from_row(&row)?),
         None => None,
     };
-    Ok(OrderPayment { payment, cancelled: row.try_get("cancelled")?, attempted: row.try_get("attempted")? })
+    Ok(OrderPayment {
+        payment,
+        cancelled: row.try_get("cancelled")?,
+        attempted: row.try_get("attempted")?,
+        pinned_to: row.try_get("pinned_to")?,
+    })
 }
 
 /// Remembers that `order_id` is cancelled; repeated cancellations keep the first.
@@ -102,9 +112,23 @@ pub async fn record_cancellation(conn: &mut PgConnection, order_id: Uuid, reason
 }
 
 /// Notes, in its own committed transaction, that `provider` is about to be
-/// asked to charge `order_id`.
+/// asked to charge `order_id` (again: a new ask may take what an earlier
+/// refusal did not).
 pub async fn record_charge_attempt(pool: &PgPool, order_id: Uuid, provider: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO charge_attempts (order_id, provider) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+    sqlx::query(
+        "INSERT INTO charge_attempts (order_id, provider) VALUES ($1, $2)
+         ON CONFLICT (order_id, provider) DO UPDATE SET refused = false, attempted_at = now()",
+    )
+    .bind(order_id)
+    .bind(provider)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Notes that `provider` refused the charge of `order_id` it was just asked.
+pub async fn record_charge_refused(pool: &PgPool, order_id: Uuid, provider: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE charge_attempts SET refused = true WHERE order_id = $1 AND provider = $2")
         .bind(order_id)
         .bind(provider)
         .execute(pool)

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost::Message as _;
-use shopmesh_payment::domain::BreakerConfig;
+use shopmesh_payment::domain::{BreakerConfig, BreakerState};
 use shopmesh_payment::events::{RefundRetrier, SagaHandler};
 use shopmesh_payment::grpc::PaymentApi;
 use shopmesh_payment::pb;
 use shopmesh_payment::pb::payment_service_server::PaymentService as _;
 use shopmesh_payment::provider::{Charge, PRIMARY, PaymentProvider, ProviderError, Router, SystemClock, TestProvider};
+use shopmesh_payment::store;
 use shopmesh_platform::auth::{Claims, Principal};
 use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
 use shopmesh_platform::events::{DomainEvent, ReceivedEvent};
@@ -26,10 +27,13 @@ use tonic::{Code, Request};
 use uuid::Uuid;
 
 /// The built-in primary, which can be taken down (it then answers nothing,
-/// not even whether it holds a charge).
+/// not even whether it holds a charge) or made silent (it takes a charge
+/// request and no answer comes back, while its lookups cannot see the
+/// request yet, as with a payment provider's request still in flight).
 struct SwitchablePrimary {
     inner: TestProvider,
     down: AtomicBool,
+    silent: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -45,6 +49,9 @@ impl PaymentProvider for SwitchablePrimary {
     ) -> Result<Charge, ProviderError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(ProviderError::Unavailable);
+        }
+        if self.silent.load(Ordering::SeqCst) {
+            return Err(ProviderError::NoAnswer);
         }
         self.inner.charge(key, token, amount).await
     }
@@ -74,7 +81,11 @@ struct Harness {
 async fn harness() -> Harness {
     let ScratchDatabase { pool, name: db_name } =
         ScratchDatabase::create("payment_test", &shopmesh_payment::MIGRATOR).await;
-    let primary = Arc::new(SwitchablePrimary { inner: TestProvider::primary(), down: AtomicBool::new(false) });
+    let primary = Arc::new(SwitchablePrimary {
+        inner: TestProvider::primary(),
+        down: AtomicBool::new(false),
+        silent: AtomicBool::new(false),
+    });
     let secondary = Arc::new(TestProvider::secondary());
     let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
     let handler = SagaHandler {
@@ -112,6 +123,21 @@ impl Harness {
     }
 
     /// Payloads of type `E` in the outbox, oldest first.
+    /// One capture was published, at the primary, and `order`'s payment is
+    /// the primary's charge `reference`; the secondary holds nothing.
+    async fn assert_only_capture_is_the_primarys(&self, order: Uuid, reference: &str) {
+        let captured = self.published::<PaymentCaptured>().await;
+        assert_eq!(captured.len(), 1);
+        assert_eq!(captured[0].provider, "primary");
+        let recorded: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        assert_eq!(recorded, reference, "the earlier capture is the payment");
+        assert_eq!(self.secondary.find_charge(&order.to_string()).await.unwrap(), None);
+    }
+
     async fn published<E: DomainEvent>(&self) -> Vec<E> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT envelope FROM outbox WHERE event_type = $1 ORDER BY seq")
             .bind(E::TYPE)
@@ -351,16 +377,53 @@ async fn a_retry_after_a_lost_commit_never_charges_the_other_provider() {
 
     h.primary.down.store(false, Ordering::SeqCst);
     assert!(h.deliver(&reservation).await.unwrap());
-    let captured = h.published::<PaymentCaptured>().await;
-    assert_eq!(captured.len(), 1);
-    assert_eq!(captured[0].provider, "primary");
-    let reference: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
-        .bind(order)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-    assert_eq!(reference, taken.provider_reference, "the earlier capture is the payment");
-    assert_eq!(h.secondary.find_charge(&order.to_string()).await.unwrap(), None);
+    h.assert_only_capture_is_the_primarys(order, &taken.provider_reference).await;
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_charge_the_primary_never_answered_is_asked_there_again_even_with_its_breaker_open() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    let reservation = reserved(order, user, "tok_visa", 800);
+
+    // Five unanswered tries open the primary's breaker; the sixth comes
+    // while it is open and still must not go to the secondary.
+    h.primary.silent.store(true, Ordering::SeqCst);
+    for _ in 0..6 {
+        assert!(matches!(h.deliver(&reservation).await, Err(HandlerError::Retryable(_))));
+    }
+    assert_eq!(h.handler.router.breaker_state(), BreakerState::Open);
+    assert_eq!(h.secondary.find_charge(&order.to_string()).await.unwrap(), None, "the secondary was never charged");
+
+    // The first request lands at the primary; the next retry records that capture.
+    h.primary.silent.store(false, Ordering::SeqCst);
+    let amount = shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), 800);
+    let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &amount).await.unwrap();
+    assert!(h.deliver(&reservation).await.unwrap());
+    h.assert_only_capture_is_the_primarys(order, &landed.provider_reference).await;
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_order_is_pinned_to_the_latest_provider_asked_that_did_not_refuse() {
+    let h = harness().await;
+    let order = Uuid::now_v7();
+    let pinned = || async {
+        let mut conn = h.pool.acquire().await.unwrap();
+        store::order_payment(&mut conn, order).await.unwrap().pinned_to
+    };
+    assert_eq!(pinned().await, None, "nothing asked yet");
+    store::record_charge_attempt(&h.pool, order, "primary").await.unwrap();
+    assert_eq!(pinned().await.as_deref(), Some("primary"), "asked, no answer recorded");
+    store::record_charge_refused(&h.pool, order, "primary").await.unwrap();
+    assert_eq!(pinned().await, None, "the primary took nothing");
+    store::record_charge_attempt(&h.pool, order, "secondary").await.unwrap();
+    assert_eq!(pinned().await.as_deref(), Some("secondary"));
+    store::record_charge_refused(&h.pool, order, "secondary").await.unwrap();
+    assert_eq!(pinned().await, None, "both refused: free to start again at the primary");
+    store::record_charge_attempt(&h.pool, order, "primary").await.unwrap();
+    assert_eq!(pinned().await.as_deref(), Some("primary"), "a new ask is not covered by the old refusal");
     h.drop_db().await;
 }
 
