@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -177,6 +178,29 @@ impl ConfigSource {
     /// A duration given in milliseconds under `key`.
     pub fn millis_or(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         Ok(Duration::from_millis(self.parse_or(key, default.as_millis() as u64)?))
+    }
+
+    /// `millis_or` for a setting that does harm outside `range`, e.g. a
+    /// timeout given as `60` meaning seconds: refused at start-up instead.
+    pub fn millis_within(
+        &self,
+        key: &str,
+        default: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let value = self.millis_or(key, default)?;
+        if range.contains(&value) {
+            return Ok(value);
+        }
+        Err(ConfigError::Invalid {
+            var: self.env_names(key).0,
+            value: value.as_millis().to_string(),
+            reason: format!(
+                "must be between {} and {} milliseconds",
+                range.start().as_millis(),
+                range.end().as_millis()
+            ),
+        })
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -357,6 +381,21 @@ mod tests {
                 ("SHOPMESH_ORDER_X_DATABASE_URL".to_owned(), "postgres://o".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn a_duration_outside_its_range_is_refused_naming_the_variable() {
+        let range = Duration::from_secs(1)..=Duration::from_secs(60);
+        let src = ConfigSource::from_pairs([("order.PENDING_TIMEOUT_MS", "60"), ("SWEEP_INTERVAL_MS", "2500")]);
+        let order = src.scoped("order");
+        let err = order.millis_within("PENDING_TIMEOUT_MS", Duration::from_secs(60), range.clone()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("PENDING_TIMEOUT_MS"), "{msg}");
+        assert!(msg.contains("between 1000 and 60000 milliseconds"), "{msg}");
+        let ok = order.millis_within("SWEEP_INTERVAL_MS", Duration::ZERO, range.clone()).unwrap();
+        assert_eq!(ok, Duration::from_millis(2500));
+        let default = order.millis_within("UNSET_MS", Duration::from_secs(5), range).unwrap();
+        assert_eq!(default, Duration::from_secs(5));
     }
 
     #[test]

@@ -46,8 +46,18 @@ fn build_boxed(rt: &mut ServiceRuntime) -> BoxFuture<'_, anyhow::Result<Routes>>
 async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     let cfg = &rt.config.source;
     let sweep = events::SweepConfig {
-        pending_timeout: cfg.millis_or("PENDING_TIMEOUT_MS", Duration::from_secs(60))?,
-        interval: cfg.millis_or("SWEEP_INTERVAL_MS", Duration::from_secs(1))?,
+        // Too short cancels orders before they can be paid; too long holds
+        // their stock for days.
+        pending_timeout: cfg.millis_within(
+            "PENDING_TIMEOUT_MS",
+            Duration::from_secs(60),
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+        )?,
+        interval: cfg.millis_within(
+            "SWEEP_INTERVAL_MS",
+            Duration::from_secs(1),
+            Duration::from_millis(10)..=Duration::from_secs(60),
+        )?,
     };
     let cart = channel(&cfg.require("CART_URL")?)?;
     let catalog = channel(&cfg.require("CATALOG_URL")?)?;
