@@ -73,7 +73,12 @@ pub async fn handle(State(gw): State<Arc<Shared>>, req: Request) -> Response {
         let request =
             build_request(binding, &vars, parts.uri.query(), &body).map_err(|e| ApiError::bad_request(e.0))?;
         let timeout = effective_timeout(&parts.headers, gw.default_timeout);
-        let metadata = forward_metadata(&parts.headers);
+        let mut metadata = forward_metadata(&parts.headers);
+        if outcome == AuthOutcome::Anonymous {
+            // A token the edge chose not to trust (stale, on a public route)
+            // would make the service refuse the call.
+            metadata.remove("authorization");
+        }
         let reply = gw
             .upstreams
             .unary(&binding.method, request, metadata, timeout)

@@ -204,6 +204,29 @@ async fn forged_tampered_unsigned_and_garbage_tokens_are_refused_at_the_edge_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_or_bad_token_on_a_public_route_is_ignored_so_refresh_still_works() {
+    let s = Stack::start(|_| {}).await;
+    s.register("erin@example.com").await;
+    let (access, mut refresh) = s.login("erin@example.com", "password-123").await;
+    let mut sent: Vec<(&str, String)> =
+        bad_tokens(&access).into_iter().map(|(what, t)| (what, format!("Bearer {t}"))).collect();
+    sent.push(("basic", "Basic ZXJpbjpwdw==".to_owned()));
+    for (what, header) in sent {
+        let resp = s
+            .http
+            .post(s.url("/v1/auth/refresh"))
+            .header("authorization", header)
+            .json(&json!({"refreshToken": refresh}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (resp.status(), resp.json::<Value>().await.unwrap());
+        assert_eq!(status, 200, "refresh sent with a {what} authorization header: {body}");
+        refresh = body["tokens"]["refreshToken"].as_str().unwrap().to_owned();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_refused_at_the_edge_and_by_services() {
     let s = Stack::start(|env| env.set("ACCESS_TOKEN_TTL_SECS", "1")).await;
     s.register("dave@example.com").await;
