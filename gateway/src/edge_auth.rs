@@ -86,10 +86,7 @@ impl EdgeAuth for shopmesh_platform::auth::TokenVerifier {
 
 /// The token from `Authorization: Bearer <token>`, if that is what was sent.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    shopmesh_platform::auth::bearer_token(headers.get(http::header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// Outcome of the edge check for one request.

@@ -178,6 +178,14 @@ const VERIFIED_CAPACITY: usize = 10_000;
 const MIN_REFETCH: Duration = Duration::from_secs(5);
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);
 
+/// The token of an `authorization` header value "Bearer <token>" (the
+/// scheme is case-insensitive, RFC 9110 §11.1), if that is what it is.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl TokenVerifier {
     pub fn new(
         provider: Arc<dyn KeyProvider>,
@@ -203,13 +211,7 @@ impl TokenVerifier {
 
     /// Verifies the value of an `authorization` header ("Bearer <jwt>").
     pub async fn verify_header(&self, header: &str) -> Result<Principal, AuthError> {
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Malformed)?;
-        self.verify(token).await
+        self.verify(bearer_token(header).ok_or(AuthError::Malformed)?).await
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
@@ -385,5 +387,20 @@ where
             }
             inner.call(req).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }
