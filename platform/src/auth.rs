@@ -155,7 +155,11 @@ pub async fn deny(redis: &Client, prefix: &str, jti: &str, until_unix: i64) -> R
 
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
+    /// When `keys` were fetched.
     fetched_at: Option<Instant>,
+    /// When a fetch was last tried, and why it failed if it did.
+    tried_at: Option<Instant>,
+    failure: Option<String>,
 }
 
 /// Verifies access tokens. Cheap to share behind an `Arc`.
@@ -173,8 +177,9 @@ pub struct TokenVerifier {
 /// remembered until it expires (bounded; the denylist is still asked every time).
 const VERIFIED_CAPACITY: usize = 10_000;
 
-/// Unknown `kid`s trigger a refetch at most this often (forged kids can't
-/// make us hammer the auth service).
+/// Unknown `kid`s trigger a refetch at most this often, failed or not
+/// (forged kids can't make us hammer the auth service, and while it is down
+/// requests don't queue behind one fetch after another).
 const MIN_REFETCH: Duration = Duration::from_secs(5);
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);
 
@@ -204,7 +209,7 @@ impl TokenVerifier {
             validation,
             redis,
             redis_prefix: redis_prefix.to_owned(),
-            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None, tried_at: None, failure: None }),
             verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -289,22 +294,31 @@ impl TokenVerifier {
             }
         }
         let mut cache = self.cache.write().await;
-        let may_refetch = cache.fetched_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
+        let may_refetch = cache.tried_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
         if may_refetch {
+            cache.tried_at = Some(Instant::now());
             match self.provider.fetch().await {
                 Ok(keys) => {
                     cache.keys = keys
                         .into_iter()
                         .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid, d)))
                         .collect();
-                    cache.fetched_at = Some(Instant::now());
+                    cache.fetched_at = cache.tried_at;
+                    cache.failure = None;
                 }
-                // Keep serving the keys we have; fail only if we have none for this kid.
-                Err(e) if cache.keys.contains_key(kid) => tracing::warn!(error = %e, "JWKS refresh failed"),
-                Err(e) => return Err(AuthError::Unavailable(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWKS refresh failed");
+                    cache.failure = Some(e);
+                }
             }
         }
-        cache.keys.get(kid).cloned().ok_or_else(|| AuthError::Invalid("unknown signing key".into()))
+        // Keep serving the keys we have; without one for this kid, a failed
+        // fetch means we cannot tell, not that the token is bad.
+        match (cache.keys.get(kid), &cache.failure) {
+            (Some(key), _) => Ok(key.clone()),
+            (None, Some(failure)) => Err(AuthError::Unavailable(failure.clone())),
+            (None, None) => Err(AuthError::Invalid("unknown signing key".into())),
+        }
     }
 }
 
@@ -392,7 +406,41 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A JWKS endpoint that is down, counting how often it is asked.
+    #[derive(Default)]
+    struct DownJwks {
+        fetches: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyProvider for DownJwks {
+        async fn fetch(&self) -> Result<Vec<PublicJwk>, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            Err("connection refused".into())
+        }
+    }
+
+    fn token_signed_under(kid: &str) -> String {
+        use base64::Engine as _;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#));
+        format!("{header}.e30.c2ln")
+    }
+
+    #[tokio::test]
+    async fn while_the_jwks_is_down_it_is_asked_once_per_interval_and_tokens_are_unavailable_not_invalid() {
+        let jwks = Arc::new(DownJwks::default());
+        let verifier = TokenVerifier::new(jwks.clone(), "shopmesh-auth", "shopmesh", None, "");
+        for i in 0..20 {
+            let err = verifier.verify(&token_signed_under(&format!("kid-{i}"))).await.unwrap_err();
+            assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
+        }
+        assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "one failed fetch covers the next {MIN_REFETCH:?}");
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_token() {
