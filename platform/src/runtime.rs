@@ -263,23 +263,54 @@ impl ServiceRuntime {
         let http = axum::serve(self.http_listener, ops).with_graceful_shutdown(async move { http_stop.wait().await });
 
         tracing::info!(service = name, grpc = %self.config.grpc_addr, http = %self.config.http_addr, "serving");
-        let (grpc_result, http_result) = tokio::join!(grpc, http);
+        let mut tasks = std::mem::take(&mut self.tasks);
+        let died = watch_tasks(name, &mut tasks, &self.shutdown);
+        let (grpc_result, http_result, died) = tokio::join!(grpc, http, died);
         let _ = health_task.await;
         let grace = self.config.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 service = name,
                 grace_ms = grace.as_millis() as u64,
                 "background tasks did not drain in time"
             );
-            self.tasks.abort_all();
+            tasks.abort_all();
         }
         tracing::info!(service = name, "stopped");
         grpc_result?;
         http_result?;
-        Ok(())
+        match died {
+            Some(why) => Err(anyhow::anyhow!("{name}: a background task ended before shutdown ({why})")),
+            None => Ok(()),
+        }
     }
+}
+
+/// Waits for shutdown; a background task (consumer, relay, sweeper) that
+/// ends first, by panic or return, triggers it and is returned as the cause:
+/// the service would otherwise keep answering, ready, with a saga step gone.
+async fn watch_tasks(name: &str, tasks: &mut JoinSet<()>, shutdown: &Shutdown) -> Option<String> {
+    let ended = tokio::select! {
+        _ = shutdown.wait() => return None,
+        Some(ended) = tasks.join_next() => ended,
+    };
+    let why = match ended {
+        Ok(()) => "it returned".to_owned(),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text payload".to_owned());
+            format!("it panicked: {message}")
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(service = name, cause = %why, "a background task ended before shutdown; stopping the service");
+    shutdown.trigger();
+    Some(why)
 }
 
 /// Mirrors readiness into grpc.health.v1 until shutdown, then NOT_SERVING.

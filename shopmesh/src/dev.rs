@@ -62,18 +62,33 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
         "  try: grpcurl -plaintext {} list\n",
         launched.first().map(|l| l.grpc_addr.to_string()).unwrap_or_default()
     );
+    // A signal, or one service stopping on its own, stops them all.
     shutdown.wait().await;
+    let mut failed = Vec::new();
     match gateway.task.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "gateway stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "gateway task failed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "gateway stopped with an error");
+            failed.push("gateway");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gateway task failed");
+            failed.push("gateway");
+        }
         Ok(Ok(())) => {}
     }
     for l in launched {
         match l.task.await {
-            Ok(Err(e)) => tracing::error!(service = l.name, error = %e, "service stopped with an error"),
-            Err(e) => tracing::error!(service = l.name, error = %e, "service task failed"),
+            Ok(Err(e)) => {
+                tracing::error!(service = l.name, error = %e, "service stopped with an error");
+                failed.push(l.name);
+            }
+            Err(e) => {
+                tracing::error!(service = l.name, error = %e, "service task failed");
+                failed.push(l.name);
+            }
             Ok(Ok(())) => {}
         }
     }
+    anyhow::ensure!(failed.is_empty(), "stopped because of {}", failed.join(", "));
     Ok(())
 }

@@ -75,6 +75,30 @@ async fn runtime_serves_grpc_health_reflection_and_ops_endpoints() {
     assert!(metrics.contains("grpc_server_handled_total"), "RED metrics recorded: {metrics}");
 }
 
+/// A service whose one background task dies shortly after start.
+static DOOMED: ServiceDef = ServiceDef {
+    spec: ServiceSpec { name: "doomed", ..PROBE.spec },
+    build: |rt: &mut ServiceRuntime| {
+        rt.spawn_task(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panic!("consumer lost its mind");
+        });
+        Box::pin(async { Ok(tonic::service::Routes::default()) })
+    },
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_task_that_dies_stops_its_service_with_the_cause() {
+    let env = TestEnv::new();
+    let svc = env.launch(&DOOMED).await;
+    let live = format!("http://{}/health/live", svc.http_addr);
+    assert_eq!(reqwest::get(&live).await.unwrap().status(), 200);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), svc.task).await.expect("the service stopped");
+    let err = stopped.unwrap().expect_err("stopping for a dead task is an error");
+    assert!(err.to_string().contains("panicked: consumer lost its mind"), "{err:#}");
+    assert!(reqwest::get(&live).await.is_err(), "nothing answers any more");
+}
+
 async fn list_services_v1(uri: &str) -> Vec<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
