@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -457,14 +457,12 @@ impl EventConsumer {
         let attempts = attempts.to_string();
         let offset = msg.offset().to_string();
         let partition = msg.partition().to_string();
-        let mut headers = OwnedHeaders::new();
-        if let Some(h) = msg.headers() {
-            for i in 0..rdkafka::message::Headers::count(h) {
-                let header = rdkafka::message::Headers::get(h, i);
-                headers = headers.insert(Header { key: header.key, value: header.value });
-            }
-        }
-        let headers = headers
+        // Copied by librdkafka, byte for byte: reading the names in Rust
+        // would panic on one that is not UTF-8.
+        let headers = msg
+            .headers()
+            .cloned()
+            .unwrap_or_default()
             .insert(Header { key: "dlq_error", value: Some(error.as_bytes()) })
             .insert(Header { key: "dlq_attempts", value: Some(attempts.as_bytes()) })
             .insert(Header { key: "dlq_consumer", value: Some(self.name.as_bytes()) })

@@ -174,11 +174,19 @@ impl Extractor for MapCarrier<'_> {
 
 /// The W3C headers carried by a Kafka record.
 pub fn kafka_trace_headers(headers: &impl Headers) -> HashMap<String, String> {
-    headers
-        .iter()
-        .filter(|h| h.key == "traceparent" || h.key == "tracestate")
-        .filter_map(|h| Some((h.key.to_owned(), std::str::from_utf8(h.value?).ok()?.to_owned())))
-        .collect()
+    let read = || {
+        headers
+            .iter()
+            .filter(|h| h.key == "traceparent" || h.key == "tracestate")
+            .filter_map(|h| Some((h.key.to_owned(), std::str::from_utf8(h.value?).ok()?.to_owned())))
+            .collect()
+    };
+    // rust-rdkafka 0.39 panics on a header name that is not UTF-8, which any
+    // producer can write: such a record is read without its trace instead.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        tracing::warn!("a Kafka record's header name is not UTF-8; its trace context is ignored");
+        HashMap::new()
+    })
 }
 
 /// Adds W3C headers from a map (captured when the event was written) to a
@@ -193,4 +201,30 @@ pub fn kafka_headers_from(map: &HashMap<String, String>, mut headers: OwnedHeade
 /// Extracts a remote context without attaching it (for span links).
 pub fn extract(carrier: &dyn Extractor) -> Context {
     global::get_text_map_propagator(|p| p.extract(carrier))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{Header, Headers};
+
+    use super::kafka_trace_headers;
+
+    /// Headers whose second name is not UTF-8, read the way rust-rdkafka
+    /// 0.39 reads them (`CStr::to_str().unwrap()`).
+    struct NonUtf8Name;
+
+    impl Headers for NonUtf8Name {
+        fn count(&self) -> usize {
+            2
+        }
+        fn try_get(&self, idx: usize) -> Option<Header<'_, &[u8]>> {
+            let name: &[u8] = if idx == 0 { b"traceparent" } else { b"\xff\xfe" };
+            Some(Header { key: std::str::from_utf8(name).unwrap(), value: Some(b"00-abc-def-01".as_slice()) })
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_header_name_that_is_not_utf8_is_read_without_its_trace() {
+        assert!(kafka_trace_headers(&NonUtf8Name).is_empty());
+    }
 }
