@@ -16,12 +16,12 @@
 //! one cluster-wide lock held through the WAL flush, which halved commit
 //! throughput here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -261,13 +261,15 @@ impl OutboxRelay {
             let mut last_lag_report: Option<tokio::time::Instant> = None;
             loop {
                 if shutdown.is_triggered() {
+                    // Still holding the lock: one publisher, even now.
+                    self.final_flush(&mut lock).await;
                     break 'leadership;
                 }
                 match self.publish_batch_on(&mut lock).await {
-                    Ok(n) => {
+                    Ok(pass) => {
                         backoff = Duration::ZERO;
-                        if n as i64 == self.config.batch_size {
-                            continue; // more waiting
+                        if pass.more_waiting() {
+                            continue;
                         }
                     }
                     Err(e) => {
@@ -315,7 +317,6 @@ impl OutboxRelay {
                 }
             }
         }
-        self.final_flush().await;
     }
 
     /// LISTENs for outbox inserts on a connection of its own: it is held for
@@ -369,15 +370,13 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes up to one batch of unsent rows in order; returns how many
-    /// were published. Rows are marked sent only after the broker acked them.
-    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
-        let mut conn = self.pool.acquire().await?;
-        self.publish_batch_on(&mut conn).await
-    }
-
-    /// `publish_batch` on a connection the caller holds.
-    async fn publish_batch_on(&self, conn: &mut PgConnection) -> anyhow::Result<usize> {
+    /// Publishes up to one batch of unsent rows in order. Rows are marked
+    /// sent only after the broker acked them, and a row waits for the ack of
+    /// every earlier row with its topic and key: one that fails is retried
+    /// before anything after it on that key goes out, so each aggregate's
+    /// events arrive in the order they were written. Fails only when the
+    /// pass published nothing.
+    async fn publish_batch_on(&self, conn: &mut PgConnection) -> anyhow::Result<Pass> {
         let rows = sqlx::query(
             "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
              FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
@@ -386,8 +385,11 @@ impl OutboxRelay {
         .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Pass { sent: 0, held: 0, full: false });
         }
+        let full = rows.len() as i64 == self.config.batch_size;
+        let mut keys_in_pass = HashSet::new();
+        let mut held = 0;
         let pending: Vec<PendingRow> = rows
             .into_iter()
             .map(|r| {
@@ -402,6 +404,11 @@ impl OutboxRelay {
                     trace: serde_json::from_value(trace).unwrap_or_default(),
                 }
             })
+            .filter(|row| {
+                let first_of_its_key = keys_in_pass.insert((row.topic.clone(), row.key.clone()));
+                held += usize::from(!first_of_its_key);
+                first_of_its_key
+            })
             .collect();
 
         // Enqueue every record before awaiting any, so the producer pipelines
@@ -409,6 +416,7 @@ impl OutboxRelay {
         let producer = self.kafka.producer();
         let mut deliveries = Vec::with_capacity(pending.len());
         let mut enqueue_error: Option<KafkaError> = None;
+        let mut failed = Vec::new();
         for row in &pending {
             let topic = self.kafka.config.topic(&row.topic);
             let event_id = row.event_id.to_string();
@@ -435,14 +443,16 @@ impl OutboxRelay {
             let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
             match producer.send_result(record) {
                 Ok(delivery) => deliveries.push((row.seq, delivery, span)),
-                Err((e, _)) => {
+                // A full local queue refuses what follows too: stop here.
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     enqueue_error = Some(e);
                     break;
                 }
+                // Refused for itself (too large, say): the other keys can go.
+                Err((e, _)) => failed.push((row.seq, e)),
             }
         }
         let mut sent = Vec::new();
-        let mut failed = Vec::new();
         for (seq, delivery, span) in deliveries {
             // The span ends when the broker acknowledged (or refused) the event.
             let _span = span;
@@ -474,9 +484,15 @@ impl OutboxRelay {
                 self.kafka.replace_producer()?;
             }
             metrics::counter!("outbox_publish_failures_total", "service" => self.service.clone()).increment(1);
-            anyhow::bail!("{} of {} events not published: {e}", pending.len() - sent.len(), pending.len());
+            let unsent = pending.len() - sent.len();
+            // One row that keeps failing must not slow everything else down
+            // to the relay's backoff; it is retried on every pass meanwhile.
+            if sent.is_empty() {
+                anyhow::bail!("{unsent} of {} events not published: {e}", pending.len());
+            }
+            tracing::warn!(error = %e, unsent, sent = sent.len(), "some outbox events not published; retrying them");
         }
-        Ok(sent.len())
+        Ok(Pass { sent: sent.len(), held, full })
     }
 
     async fn record_lag(&self) {
@@ -505,15 +521,34 @@ impl OutboxRelay {
         }
     }
 
-    /// On shutdown: publish what is committed (bounded), then flush the producer.
-    async fn final_flush(&self) {
+    /// On shutdown, as the leader: publish what is committed (bounded), then
+    /// flush the producer.
+    async fn final_flush(&self, lock: &mut PgConnection) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline, self.publish_batch()).await {
-                Ok(Ok(n)) if n > 0 => continue,
+            match tokio::time::timeout_at(deadline, self.publish_batch_on(lock)).await {
+                Ok(Ok(pass)) if pass.sent > 0 => continue,
                 _ => break,
             }
         }
         self.kafka.flush(Duration::from_secs(5)).await;
+    }
+}
+
+/// What one relay pass did.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    sent: usize,
+    /// Rows left for a later pass behind an earlier row of their key.
+    held: usize,
+    /// Whether the batch was full: more rows may be waiting.
+    full: bool,
+}
+
+impl Pass {
+    /// Whether another pass should follow at once: rows are waiting, and
+    /// this one made progress (a pass that sent nothing waits instead).
+    fn more_waiting(&self) -> bool {
+        self.sent > 0 && (self.full || self.held > 0)
     }
 }

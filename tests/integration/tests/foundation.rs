@@ -292,6 +292,59 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_nothing_else() {
+    let env = TestEnv::new();
+    let pool = platform_database(&env, "outbox_refused", 5).await;
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let observer = env.observer(&kafka.config.topic(topics::USER));
+    let outbox = Outbox::new("test");
+    let registered = |user: &str, name: String| UserRegistered { user_id: user.into(), name, ..Default::default() };
+    // user-1's first event is over the producer's 1 MB message limit.
+    let mut tx = pool.begin().await.unwrap();
+    let refused = outbox.enqueue(&mut tx, &registered("user-1", "x".repeat(1_100_000))).await.unwrap();
+    let later = outbox.enqueue(&mut tx, &registered("user-1", "later".into())).await.unwrap();
+    let other = outbox.enqueue(&mut tx, &registered("user-2", "other".into())).await.unwrap();
+    tx.commit().await.unwrap();
+    let config = RelayConfig { max_backoff: Duration::from_secs(1), ..RelayConfig::default() };
+    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, config).run(env.shutdown.clone()));
+
+    let ids = |seen: Vec<Vec<u8>>| -> Vec<String> {
+        seen.iter()
+            .map(|b| shopmesh_platform::pb::events::v1::EventEnvelope::decode(b.as_slice()).unwrap().id)
+            .collect()
+    };
+    let seen = ids(drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
+    assert_eq!(seen, vec![other.to_string()], "user-2's event leaves; user-1's later one waits behind the refused");
+    let (attempts, error): (i32, Option<String>) =
+        sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE event_id = $1")
+            .bind(refused)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(attempts >= 1, "every refusal is counted");
+    assert!(error.unwrap_or_default().contains("MessageSizeTooLarge"));
+
+    // Once the first can go (an operator shrank it), both follow in order.
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT envelope FROM outbox WHERE event_id = $1")
+        .bind(refused)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut envelope = shopmesh_platform::pb::events::v1::EventEnvelope::decode(stored.as_slice()).unwrap();
+    envelope.payload = registered("user-1", "first".into()).encode_to_vec();
+    sqlx::query("UPDATE outbox SET envelope = $2 WHERE event_id = $1")
+        .bind(refused)
+        .bind(envelope.encode_to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let seen = ids(drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
+    assert_eq!(seen, vec![refused.to_string(), later.to_string()]);
+    observer.unsubscribe();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_row_written_by_the_callers_own_statement_is_stored_and_published_like_an_enqueued_event() {
     let env = TestEnv::new();
     let pool = platform_database(&env, "outbox_row", 5).await;
