@@ -5,7 +5,9 @@
 //! unmarked. Consumers dedupe the rare re-publish through their inbox.
 //!
 //! One relay per database publishes at a time (a Postgres advisory lock), so
-//! replicas cannot reorder one aggregate's events between them.
+//! replicas cannot reorder one aggregate's events between them, and a row
+//! waits for the ack of every earlier row of its topic and key, so a failed
+//! one is not overtaken.
 //!
 //! Waking the relay: a transaction that wrote events commits through
 //! [`Outbox::commit`] (or calls [`Outbox::committed`] after its commit), which
