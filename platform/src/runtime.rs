@@ -292,9 +292,13 @@ impl ServiceRuntime {
 /// the service would otherwise keep answering, ready, with a saga step gone.
 async fn watch_tasks(name: &str, tasks: &mut JoinSet<()>, shutdown: &Shutdown) -> Option<String> {
     let ended = tokio::select! {
+        biased;
         _ = shutdown.wait() => return None,
         Some(ended) = tasks.join_next() => ended,
     };
+    if shutdown.is_triggered() && !matches!(&ended, Err(e) if e.is_panic()) {
+        return None; // it stopped because shutdown began
+    }
     let why = match ended {
         Ok(()) => "it returned".to_owned(),
         Err(e) if e.is_panic() => {
