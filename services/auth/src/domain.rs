@@ -155,6 +155,13 @@ impl Credentials {
         }
         Ok(Self { email, password: Password(password.to_owned()) })
     }
+
+    /// Whether an account could have this email: one that `Email::parse`
+    /// would refuse (too long, control characters such as NUL, which
+    /// Postgres text cannot even hold) is not looked up at all.
+    pub fn could_be_registered(&self) -> bool {
+        self.email.len() <= MAX_EMAIL_LEN && !self.email.chars().any(char::is_control)
+    }
 }
 
 pub fn customer_roles() -> Vec<String> {

@@ -137,6 +137,11 @@ async fn login_issues_verifiable_tokens_and_hides_which_part_was_wrong() {
     assert_eq!(unknown.code(), Code::Unauthenticated);
     assert_eq!(wrong_pw.message(), unknown.message());
     assert_eq!(wrong_pw.message(), "invalid email or password");
+    // No account can have these; they are answered alike, not with a 500.
+    for impossible in ["ada\0@example.com", &format!("{}@example.com", "a".repeat(300))] {
+        let err = h.login(impossible, "correct horse").await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::Unauthenticated, "invalid email or password"), "{impossible:?}");
+    }
 
     let pair = h.login(" ADA@example.com", "correct horse").await.unwrap();
     assert_eq!(pair.token_type, "Bearer");
