@@ -147,9 +147,13 @@ pub fn denylist_key(prefix: &str, jti: &str) -> String {
     format!("{prefix}auth:denylist:{jti}")
 }
 
-/// Puts `jti` on the denylist until the token would have expired anyway.
+/// Clock skew a token's `exp` and `nbf` are allowed.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Puts `jti` on the denylist until the token would have expired anyway
+/// (its `exp` plus the leeway verifiers still accept it for).
 pub async fn deny(redis: &Client, prefix: &str, jti: &str, until_unix: i64) -> Result<(), fred::error::Error> {
-    let ttl = (until_unix - chrono::Utc::now().timestamp()).max(1);
+    let ttl = (until_unix + LEEWAY_SECS as i64 - chrono::Utc::now().timestamp()).max(1);
     redis.set::<(), _, _>(denylist_key(prefix, jti), "1", Some(Expiration::EX(ttl)), None, false).await
 }
 
@@ -203,7 +207,7 @@ impl TokenVerifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Self {
             provider,
             validation,

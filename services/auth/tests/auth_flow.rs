@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fred::interfaces::KeysInterface as _;
 use shopmesh_auth::keys::{self, KeyAction, KeyStore, StoreKeys};
 use shopmesh_auth::pb::auth_service_server::AuthService as _;
 use shopmesh_auth::{create_admin, grpc::AuthApi, pb, rotate_signing_key, tokens::TokenIssuer};
@@ -232,12 +233,18 @@ async fn logout_denylists_the_access_token_and_revokes_the_family() {
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 
     let principal: Principal = h.verifier.verify(&pair.access_token).await.unwrap();
+    let (principal_jti, principal_exp) = (principal.claims.jti.clone(), principal.claims.exp);
     let mut req = Request::new(pb::LogoutRequest {});
     req.extensions_mut().insert(principal);
     h.api.logout(req).await.unwrap();
 
     assert!(matches!(h.verifier.verify(&pair.access_token).await, Err(AuthError::Revoked)));
     assert_eq!(h.refresh(&pair.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    // Denied for as long as any verifier would accept it: past exp by the leeway.
+    let key = shopmesh_platform::auth::denylist_key(&h.api.redis_prefix, &principal_jti);
+    let ttl: i64 = h.api.redis.ttl(key).await.unwrap();
+    let exp_in = principal_exp - chrono::Utc::now().timestamp();
+    assert!(ttl >= exp_in + shopmesh_platform::auth::LEEWAY_SECS as i64 - 1, "ttl {ttl}, exp in {exp_in}");
     h.drop_db().await;
 }
 
