@@ -40,8 +40,11 @@ pub async fn handle(State(gw): State<Arc<Shared>>, req: Request) -> Response {
     let mut decision = None;
     if gw.limiter.config().enabled {
         let ip = client_ip(peer, &parts.headers, gw.trust_forwarded_for);
-        let (bucket, id) = if gw.limiter.config().login_routes.contains(&route) {
+        let limits = gw.limiter.config();
+        let (bucket, id) = if limits.login_routes.contains(&route) {
             (Bucket::Login, ip)
+        } else if limits.signup_routes.contains(&route) {
+            (Bucket::Signup, ip)
         } else if let Some(uid) = &user_id {
             (Bucket::User, uid.clone())
         } else {

@@ -45,6 +45,10 @@ pub struct RateLimitConfig {
     pub login: Quota,
     /// Route templates (as written in the protos) that use the login bucket.
     pub login_routes: Vec<String>,
+    /// Per client IP on `signup_routes`: registering answers whether an
+    /// email has an account, and costs a password hash each time.
+    pub signup: Quota,
+    pub signup_routes: Vec<String>,
     pub key_prefix: String,
     /// Past this, a Redis call counts as failed and the local limiter answers.
     pub redis_timeout: Duration,
@@ -58,6 +62,8 @@ impl Default for RateLimitConfig {
             authenticated: Quota::new(6000, Duration::from_secs(300)),
             login: Quota::new(10, Duration::from_secs(60)),
             login_routes: vec!["/v1/auth/login".into()],
+            signup: Quota::new(20, Duration::from_secs(600)),
+            signup_routes: vec!["/v1/auth/register".into()],
             key_prefix: "shopmesh:gateway:rl".into(),
             redis_timeout: Duration::from_millis(100),
         }
@@ -69,6 +75,7 @@ pub enum Bucket {
     Anonymous,
     User,
     Login,
+    Signup,
 }
 
 impl Bucket {
@@ -77,6 +84,7 @@ impl Bucket {
             Bucket::Anonymous => "anonymous",
             Bucket::User => "user",
             Bucket::Login => "login",
+            Bucket::Signup => "signup",
         }
     }
 }
@@ -213,6 +221,7 @@ impl RateLimiter {
             Bucket::Anonymous => self.cfg.anonymous,
             Bucket::User => self.cfg.authenticated,
             Bucket::Login => self.cfg.login,
+            Bucket::Signup => self.cfg.signup,
         }
     }
 

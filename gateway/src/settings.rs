@@ -75,6 +75,7 @@ impl GatewaySettings {
             anonymous: quota(&s, "RATE_LIMIT_ANONYMOUS", defaults.anonymous)?,
             authenticated: quota(&s, "RATE_LIMIT_AUTHENTICATED", defaults.authenticated)?,
             login: quota(&s, "RATE_LIMIT_LOGIN", defaults.login)?,
+            signup: quota(&s, "RATE_LIMIT_SIGNUP", defaults.signup)?,
             key_prefix: format!("{key_prefix}{}", defaults.key_prefix),
             ..defaults
         };

@@ -113,6 +113,32 @@ async fn login_route_has_a_stricter_bucket_with_headers() {
 }
 
 #[tokio::test]
+async fn signing_up_has_its_own_strict_bucket_per_ip() {
+    let mut rl = config(Quota::new(5, Duration::from_secs(60)), Quota::new(100, Duration::from_secs(60)));
+    rl.signup = Quota::new(2, Duration::from_secs(600));
+    let cfg = GatewayConfig { rate_limit: rl, ..GatewayConfig::default() };
+    let router = Gateway::new(cfg, Some(redis().await), Arc::new(StaticAuth)).unwrap().router();
+    let register = || with_body("POST", "/v1/auth/register", r#"{"email":"a@b.c","password":"x","name":"A"}"#);
+    for remaining in ["1", "0"] {
+        let (status, headers, _) = call(&router, register()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "allowed (no auth upstream here)");
+        assert_eq!(
+            (headers["ratelimit-limit"].to_str().unwrap(), headers["ratelimit-remaining"].to_str().unwrap()),
+            ("2", remaining)
+        );
+    }
+    let (status, _, body) = call(&router, register()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], 8);
+    // Logging in and browsing draw on their own buckets.
+    let (status, headers, _) =
+        call(&router, with_body("POST", "/v1/auth/login", r#"{"email":"a@b.c","password":"x"}"#)).await;
+    assert_eq!((status, headers["ratelimit-limit"].to_str().unwrap()), (StatusCode::SERVICE_UNAVAILABLE, "5"));
+    let (status, headers, _) = call(&router, get("/v1/products")).await;
+    assert_eq!((status, headers["ratelimit-limit"].to_str().unwrap()), (StatusCode::SERVICE_UNAVAILABLE, "100"));
+}
+
+#[tokio::test]
 async fn authenticated_users_are_limited_per_user() {
     let mut cfg = GatewayConfig::default();
     let mut rl = config(Quota::new(10, Duration::from_secs(60)), Quota::new(1, Duration::from_secs(60)));

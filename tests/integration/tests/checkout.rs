@@ -878,8 +878,16 @@ async fn a_consumer_stopped_mid_saga_and_restarted_finishes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
-    // Fifty customers log in from one test address: lift the brute-force limit.
-    let shop = Shop::start(|env| env.set("RATE_LIMIT_LOGIN", "1000/60"), true).await;
+    // Fifty customers sign up and log in from one test address: lift the
+    // per-IP limits on both.
+    let shop = Shop::start(
+        |env| {
+            env.set("RATE_LIMIT_LOGIN", "1000/60");
+            env.set("RATE_LIMIT_SIGNUP", "1000/60");
+        },
+        true,
+    )
+    .await;
     let gem = shop.product("GEM-1", 5000, 10).await;
     let customers: Vec<String> = futures::future::join_all((0..50).map(|i| {
         let shop = &shop;
