@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use uuid::Uuid;
 
+/// Stores a product (KEYS[1]) only if the list generation (KEYS[2]) is still
+/// the one read before the product was read from Postgres (ARGV[2]): every
+/// product write bumps it before dropping the product's entry, so a fill
+/// that lost the race to a write cannot put the old row back for the TTL.
+const PUT_IF_GENERATION: &str = r"
+if (tonumber(redis.call('GET', KEYS[2])) or 0) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1";
+
 /// After a Redis failure, reads and fills skip Redis for a short cool-off,
 /// so an outage costs one command timeout rather than one per request.
 /// Invalidations always try: skipping one could leave a stale entry behind.
@@ -174,18 +183,39 @@ impl Cache {
         }
     }
 
-    /// Drops the product's entry and every cached listing; `false` if
-    /// Redis could not be told (the caller may retry).
+    /// Stores product `id`, read from Postgres after `generation` was read,
+    /// unless a product changed since (`PUT_IF_GENERATION`). Whether it was
+    /// stored.
+    pub async fn put_product(&self, id: Uuid, value: Vec<u8>, generation: i64) -> bool {
+        if !self.breaker.allows() {
+            return false;
+        }
+        let keys = vec![self.product_key(id), self.generation_key()];
+        let ttl = self.product_ttl.as_secs().max(1);
+        let args: Vec<Value> = vec![value.as_slice().into(), generation.into(), (ttl as i64).into()];
+        match self.redis.eval::<i64, _, _, _>(PUT_IF_GENERATION, keys, args).await {
+            Ok(stored) => stored == 1,
+            Err(e) => {
+                self.failed("set", &e);
+                false
+            }
+        }
+    }
+
+    /// Drops every cached listing and the product's entry; `false` if
+    /// Redis could not be told (the caller may retry). The generation goes
+    /// first: a fill checking it afterwards cannot store what it read
+    /// before the write (see `put_product`).
     pub async fn invalidate(&self, product: Option<Uuid>) -> bool {
         let mut ok = true;
+        if let Err(e) = self.redis.incr::<i64, _>(self.generation_key()).await {
+            self.failed("incr", &e);
+            ok = false;
+        }
         if let Some(id) = product
             && let Err(e) = self.redis.del::<i64, _>(self.product_key(id)).await
         {
             self.failed("del", &e);
-            ok = false;
-        }
-        if let Err(e) = self.redis.incr::<i64, _>(self.generation_key()).await {
-            self.failed("incr", &e);
             ok = false;
         }
         ok

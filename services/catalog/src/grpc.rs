@@ -197,9 +197,13 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         {
             return Ok(Response::new(pb::GetProductResponse { product: Some(product) }));
         }
+        // Read before the row, so a write racing this read voids the fill.
+        let generation = self.cache.generation().await;
         let product: pb::Product =
             store::get(&self.pool, id).await.map_err(db_error)?.ok_or_else(|| not_found(id))?.into();
-        self.cache.put(Kind::Product, key, product.encode_to_vec()).await;
+        if let Some(generation) = generation {
+            self.cache.put_product(id, product.encode_to_vec(), generation).await;
+        }
         Ok(Response::new(pb::GetProductResponse { product: Some(product) }))
     }
 
@@ -230,10 +234,13 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             }
         }
         if !missing.is_empty() {
+            let generation = self.cache.generation().await;
             for product in store::get_many(&self.pool, &missing).await.map_err(db_error)? {
                 let id = product.id;
                 let product: pb::Product = product.into();
-                self.cache.put(Kind::Product, self.cache.product_key(id), product.encode_to_vec()).await;
+                if let Some(generation) = generation {
+                    self.cache.put_product(id, product.encode_to_vec(), generation).await;
+                }
                 found.insert(id, product);
             }
         }

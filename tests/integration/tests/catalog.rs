@@ -365,6 +365,35 @@ async fn cache_hits_and_is_invalidated_on_write_and_by_events_on_other_replicas(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_raced_a_write_does_not_put_the_old_product_back() {
+    use shopmesh_catalog::cache::{Breaker, Cache, Kind};
+    let redis = redis().await;
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let cache = Cache::new(
+        redis.clone(),
+        &prefix,
+        Duration::from_secs(3600),
+        Duration::from_secs(60),
+        Breaker::new(Duration::from_secs(5)),
+    );
+    let id = uuid::Uuid::now_v7();
+    let key = cache.product_key(id);
+    // A read misses, notes the generation and reads the old row from Postgres …
+    let before = cache.generation().await.unwrap();
+    // … while a write commits and invalidates …
+    assert!(cache.invalidate(Some(id)).await);
+    // … so its late fill is refused: the next read goes to Postgres, not to
+    // an hour-old price.
+    assert!(!cache.put_product(id, b"old".to_vec(), before).await);
+    assert_eq!(cache.get(Kind::Product, &key).await, None);
+    // A read that began after the write fills as usual.
+    let after = cache.generation().await.unwrap();
+    assert!(cache.put_product(id, b"new".to_vec(), after).await);
+    assert_eq!(cache.get(Kind::Product, &key).await.as_deref(), Some(b"new".as_slice()));
+    let _: i64 = redis.del(vec![key, format!("{prefix}catalog:list-gen")]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_keep_working_when_redis_is_down() {
     let mut s = setup().await;
     let p = create(&s, product("NOREDIS-1", "Sturdy lamp", "Home", 5000)).await;
