@@ -402,44 +402,48 @@ impl Router {
         pinned: Option<&str>,
         journal: &dyn ChargeJournal,
     ) -> Result<Routed<Charge>, String> {
+        let ask = |provider| self.ask(provider, idempotency_key, token, amount, journal);
         if let Some(name) = pinned {
             let provider = self
                 .named(name)
                 .ok_or_else(|| format!("an earlier attempt asked provider {name:?}, which is not configured"))?;
-            journal.before_charge(name).await?;
-            let outcome = provider.charge(idempotency_key, token, amount).await;
-            self.observe(provider, &outcome);
-            return Ok(Routed { provider: name.to_owned(), outcome });
+            return ask(provider).await;
         }
         let allowed = self.breaker.lock().expect("breaker poisoned").allows(self.clock.now());
         if allowed {
-            journal.before_charge(self.primary.name()).await?;
-            let outcome = self.primary.charge(idempotency_key, token, amount).await;
-            self.observe(&self.primary, &outcome);
+            let routed = ask(&self.primary).await?;
             // Only a request the primary never took may go elsewhere: after
             // no answer it may hold the money, and a second provider would
             // charge the customer twice.
-            if outcome != Err(ProviderError::Unavailable) {
-                return Ok(Routed { provider: self.primary.name().to_owned(), outcome });
+            if routed.outcome != Err(ProviderError::Unavailable) {
+                return Ok(routed);
             }
             journal.refused(self.primary.name()).await?;
             tracing::warn!(idempotency_key, "primary provider unavailable; failing over");
         }
-        journal.before_charge(self.secondary.name()).await?;
-        let outcome = self.secondary.charge(idempotency_key, token, amount).await;
-        self.observe(&self.secondary, &outcome);
-        if outcome == Err(ProviderError::Unavailable) {
+        let routed = ask(&self.secondary).await?;
+        if routed.outcome == Err(ProviderError::Unavailable) {
             journal.refused(self.secondary.name()).await?;
         }
-        Ok(Routed { provider: self.secondary.name().to_owned(), outcome })
+        Ok(routed)
     }
 
-    /// Counts a charge's outcome and, for the primary, feeds its breaker.
-    fn observe(&self, provider: &Arc<dyn PaymentProvider>, outcome: &Result<Charge, ProviderError>) {
+    /// Journals `provider`, asks it to charge, and counts what it answered
+    /// (for the primary, in its breaker too).
+    async fn ask(
+        &self,
+        provider: &Arc<dyn PaymentProvider>,
+        idempotency_key: &str,
+        token: &str,
+        amount: &Money,
+        journal: &dyn ChargeJournal,
+    ) -> Result<Routed<Charge>, String> {
+        journal.before_charge(provider.name()).await?;
+        let outcome = provider.charge(idempotency_key, token, amount).await;
         if Arc::ptr_eq(provider, &self.primary) {
             {
                 let mut breaker = self.breaker.lock().expect("breaker poisoned");
-                match outcome {
+                match &outcome {
                     // A decline means the provider is up and working.
                     Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
                     Err(ProviderError::Unavailable | ProviderError::NoAnswer) => breaker.on_failure(self.clock.now()),
@@ -447,7 +451,8 @@ impl Router {
             }
             self.record_state();
         }
-        count(provider.name(), outcome);
+        count(provider.name(), &outcome);
+        Ok(Routed { provider: provider.name().to_owned(), outcome })
     }
 
     /// The capture `provider` holds under `idempotency_key`, if any.
@@ -464,8 +469,9 @@ impl Router {
         outcome
     }
 
+    /// `name`'s provider, or the primary for a name neither has.
     fn provider(&self, name: &str) -> &Arc<dyn PaymentProvider> {
-        if name == self.secondary.name() { &self.secondary } else { &self.primary }
+        self.named(name).unwrap_or(&self.primary)
     }
 
     fn named(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
