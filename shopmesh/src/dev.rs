@@ -65,30 +65,25 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
     // A signal, or one service stopping on its own, stops them all.
     shutdown.wait().await;
     let mut failed = Vec::new();
-    match gateway.task.await {
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "gateway stopped with an error");
-            failed.push("gateway");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "gateway task failed");
-            failed.push("gateway");
-        }
-        Ok(Ok(())) => {}
+    if !stopped_cleanly("gateway", gateway.task.await) {
+        failed.push("gateway");
     }
     for l in launched {
-        match l.task.await {
-            Ok(Err(e)) => {
-                tracing::error!(service = l.name, error = %e, "service stopped with an error");
-                failed.push(l.name);
-            }
-            Err(e) => {
-                tracing::error!(service = l.name, error = %e, "service task failed");
-                failed.push(l.name);
-            }
-            Ok(Ok(())) => {}
+        if !stopped_cleanly(l.name, l.task.await) {
+            failed.push(l.name);
         }
     }
     anyhow::ensure!(failed.is_empty(), "stopped because of {}", failed.join(", "));
     Ok(())
+}
+
+/// Whether a component's task ended without an error; logs the error if not.
+fn stopped_cleanly<E: std::fmt::Display>(name: &str, joined: Result<Result<(), E>, tokio::task::JoinError>) -> bool {
+    let error = match joined {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("task failed: {e}"),
+    };
+    tracing::error!(service = name, %error, "stopped with an error");
+    false
 }
