@@ -114,9 +114,10 @@ impl pb::auth_service_server::AuthService for AuthApi {
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let creds = Credentials::try_from(request.into_inner())?;
-        let account = match creds.could_be_registered() {
-            true => store::find_by_email(&self.pool, &creds.email).await.map_err(db_error)?,
-            false => None,
+        let account = if creds.could_be_registered() {
+            store::find_by_email(&self.pool, &creds.email).await.map_err(db_error)?
+        } else {
+            None
         };
         let Some(account) = account else {
             passwords::verify_dummy(&creds.password).await.map_err(|e| internal("verifying password", e))?;
