@@ -49,6 +49,10 @@ pub struct Line {
     pub product_id: Uuid,
     pub quantity: Quantity,
     pub added_at: DateTime<Utc>,
+    /// The cart version whose write put the product in the cart (0: before
+    /// this was kept).
+    #[serde(default)]
+    pub added_in: i64,
 }
 
 /// A cart as stored (Postgres, and the Redis copy): what and how many, not prices.
@@ -80,6 +84,12 @@ impl Cart {
         self.lines.iter().map(|l| l.product_id).collect()
     }
 
+    /// The version the write in progress gets: a write changes lines, then
+    /// `touch`es once.
+    fn next_version(&self) -> i64 {
+        self.version + 1
+    }
+
     /// Adds `quantity`, merging with an existing line of the same product.
     pub fn add(&mut self, product_id: Uuid, quantity: Quantity, now: DateTime<Utc>) -> Result<(), CartError> {
         if let Some(line) = self.lines.iter_mut().find(|l| l.product_id == product_id) {
@@ -91,7 +101,8 @@ impl Cart {
         if self.lines.len() >= MAX_LINES {
             return Err(CartError::TooManyLines);
         }
-        self.lines.push(Line { product_id, quantity, added_at: now });
+        let added_in = self.next_version();
+        self.lines.push(Line { product_id, quantity, added_at: now, added_in });
         Ok(())
     }
 
@@ -113,12 +124,19 @@ impl Cart {
         self.lines.clear();
     }
 
-    /// Takes out what an order bought: each product's quantity drops by the
-    /// ordered amount and the line goes when nothing is left. Units added
-    /// after checkout began stay. Products no longer in the cart are skipped.
-    pub fn remove_ordered(&mut self, ordered: impl IntoIterator<Item = (Uuid, u32)>) {
+    /// Takes out what an order priced from cart version `checked_out`
+    /// bought: each product's quantity drops by the ordered amount and the
+    /// line goes when nothing is left, so units added since stay. A line
+    /// put in after `checked_out` (the product was removed, or the cart
+    /// emptied, and added again) holds nothing the order bought and stays
+    /// whole; with `checked_out` 0 (unknown) no line is spared. Products
+    /// no longer in the cart are skipped.
+    pub fn remove_ordered(&mut self, ordered: impl IntoIterator<Item = (Uuid, u32)>, checked_out: i64) {
         for (product_id, bought) in ordered {
             let Some(line) = self.lines.iter_mut().find(|l| l.product_id == product_id) else { continue };
+            if checked_out > 0 && line.added_in > checked_out {
+                continue;
+            }
             match Quantity::try_from(i64::from(line.quantity.0) - i64::from(bought)) {
                 Ok(left) => line.quantity = left,
                 Err(_) => self.lines.retain(|l| l.product_id != product_id),
@@ -251,18 +269,76 @@ mod tests {
     }
 
     #[test]
-    fn an_order_removes_only_what_it_bought() {
+    fn an_order_of_unknown_cart_version_removes_what_it_bought() {
         let now = Utc::now();
         let (tent, lamp, mug, sock) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let mut cart = Cart::empty(now);
         cart.add(tent, q(3), now).unwrap();
         cart.add(lamp, q(1), now).unwrap();
         cart.add(mug, q(2), now).unwrap();
+        cart.touch(now);
         // Bought 2 tents (1 added since), all lamps, more mugs than are left
         // (a later edit lowered them), and socks no longer in the cart.
-        cart.remove_ordered([(tent, 2), (lamp, 1), (mug, 5), (sock, 1)]);
+        cart.remove_ordered([(tent, 2), (lamp, 1), (mug, 5), (sock, 1)], 0);
         assert_eq!(cart.lines.len(), 1);
         assert_eq!((cart.lines[0].product_id, cart.lines[0].quantity), (tent, q(1)));
+    }
+
+    /// One write: `change`, then `touch`, as the service does it.
+    fn write(cart: &mut Cart, change: impl FnOnce(&mut Cart)) -> i64 {
+        change(cart);
+        cart.touch(Utc::now());
+        cart.version
+    }
+
+    #[test]
+    fn what_was_put_in_after_checkout_stays_when_the_order_confirms() {
+        let now = Utc::now();
+        let (tent, lamp, mug, book) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut cart = Cart::empty(now);
+        write(&mut cart, |c| c.add(tent, q(1), now).unwrap());
+        write(&mut cart, |c| c.add(lamp, q(2), now).unwrap());
+        write(&mut cart, |c| c.add(mug, q(1), now).unwrap());
+        let checked_out = write(&mut cart, |c| c.add(book, q(1), now).unwrap());
+        // While the order runs: the customer takes the tent out and puts one
+        // back, sets the lamps to 3, adds a second mug and a new sock; the
+        // book is left alone.
+        let sock = Uuid::now_v7();
+        write(&mut cart, |c| c.remove(tent).then_some(()).unwrap());
+        write(&mut cart, |c| c.add(tent, q(1), now).unwrap());
+        write(&mut cart, |c| c.set_quantity(lamp, q(3)).unwrap());
+        write(&mut cart, |c| c.add(mug, q(1), now).unwrap());
+        write(&mut cart, |c| c.add(sock, q(1), now).unwrap());
+        cart.remove_ordered([(tent, 1), (lamp, 2), (mug, 1), (book, 1)], checked_out);
+        let left: Vec<_> = cart.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
+        assert_eq!(left, [(lamp, q(1)), (mug, q(1)), (tent, q(1)), (sock, q(1))]);
+    }
+
+    #[test]
+    fn an_emptied_and_refilled_cart_keeps_its_new_lines() {
+        let now = Utc::now();
+        let book = Uuid::now_v7();
+        let mut cart = Cart::empty(now);
+        let checked_out = write(&mut cart, |c| c.add(book, q(1), now).unwrap());
+        write(&mut cart, Cart::clear);
+        write(&mut cart, |c| c.add(book, q(1), now).unwrap());
+        cart.remove_ordered([(book, 1)], checked_out);
+        assert_eq!(cart.lines.len(), 1, "the book put back after checkout stays");
+    }
+
+    #[test]
+    fn two_orders_of_one_line_take_what_each_bought_in_either_order() {
+        let now = Utc::now();
+        let book = Uuid::now_v7();
+        let mut cart = Cart::empty(now);
+        let first = write(&mut cart, |c| c.add(book, q(1), now).unwrap());
+        // Ordered again with one more: the second order bought 2.
+        let second = write(&mut cart, |c| c.add(book, q(1), now).unwrap());
+        cart.remove_ordered([(book, 2)], second);
+        assert!(cart.lines.is_empty());
+        // The first order's confirmation, late, finds nothing left to take.
+        cart.remove_ordered([(book, 1)], first);
+        assert!(cart.lines.is_empty());
     }
 
     #[test]

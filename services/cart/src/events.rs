@@ -1,5 +1,6 @@
 //! What the cart consumes: `OrderConfirmed` from order-events takes what was
-//! bought out of the buyer's cart; anything added after checkout began stays.
+//! bought out of the buyer's cart; units and lines put in after checkout
+//! read the cart stay.
 //! The platform's inbox makes each event apply once.
 
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
@@ -46,7 +47,7 @@ impl EventHandler for CheckoutClearer {
             // Producers before lines were carried: the old rule, empty it all.
             cart.clear();
         } else {
-            cart.remove_ordered(ordered);
+            cart.remove_ordered(ordered, confirmed.cart_version);
         }
         cart.touch(chrono::Utc::now());
         store::save(tx, &confirmed.user_id, &cart).await?;

@@ -181,6 +181,7 @@ impl CartApi {
             // At most 50 lines of 99.
             item_count: priced.item_count as i32,
             updated_at: Some(timestamp(cart.updated_at)),
+            version: cart.version,
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn advance(
                 user_id: order.user_id.clone(),
                 total: Some(order.total.to_proto()),
                 lines: order.lines.iter().map(OrderLine::to_event).collect(),
+                cart_version: order.cart_version,
             };
             let event = outbox.row(&event, &tracing::Span::current());
             store::apply_change(conn, &order, &confirmed, Some(&event)).await?;

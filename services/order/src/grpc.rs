@@ -36,6 +36,14 @@ pub struct OrderApi {
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// What checkout orders: the cart's lines priced, and the cart version
+/// they were read at.
+struct PricedCart {
+    lines: Vec<crate::domain::OrderLine>,
+    total: Money,
+    cart_version: i64,
+}
+
 /// A validated checkout request.
 struct Checkout {
     payment_token: String,
@@ -249,10 +257,7 @@ impl OrderApi {
     }
 
     /// Cart lines, priced at the catalog's current prices.
-    async fn price_cart(
-        &self,
-        req: &Request<pb::CreateOrderRequest>,
-    ) -> Result<(Vec<crate::domain::OrderLine>, Money), Status> {
+    async fn price_cart(&self, req: &Request<pb::CreateOrderRequest>) -> Result<PricedCart, Status> {
         let cart = self.cart.clone().get_cart(on_behalf(req, shopmesh_cart::pb::GetCartRequest {})).await?.into_inner();
         let cart = cart.cart.unwrap_or_default();
         // The cart leaves lines it can no longer sell out of its view; they
@@ -284,7 +289,8 @@ impl OrderApi {
                 Some(CatalogProduct { id: p.id, sku: p.sku, name: p.name, price, active: p.active })
             })
             .collect();
-        price_checkout(&lines, &catalog).map_err(checkout_status)
+        let (lines, total) = price_checkout(&lines, &catalog).map_err(checkout_status)?;
+        Ok(PricedCart { lines, total, cart_version: cart.version })
     }
 }
 
@@ -306,7 +312,7 @@ impl pb::order_service_server::OrderService for OrderApi {
         }
 
         let shipping = self.resolve_shipping(&req, checkout.shipping).await?;
-        let (lines, total) = self.price_cart(&req).await?;
+        let PricedCart { lines, total, cart_version } = self.price_cart(&req).await?;
         let id = Uuid::now_v7();
         let new = NewOrder {
             id,
@@ -315,6 +321,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             total,
             shipping_address: &shipping,
             coupon_code: &checkout.coupon_code,
+            cart_version,
         };
         let created = ev::OrderCreated {
             order_id: id.to_string(),

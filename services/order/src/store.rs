@@ -43,6 +43,8 @@ pub struct NewOrder<'a> {
     pub total: Money,
     pub shipping_address: &'a PostalAddress,
     pub coupon_code: &'a str,
+    /// The version of the cart the lines were read at.
+    pub cart_version: i64,
 }
 
 fn address_to_json(a: &PostalAddress) -> serde_json::Value {
@@ -230,8 +232,8 @@ pub async fn place_order(
              SELECT WHERE $15::text IS NULL OR EXISTS (SELECT FROM claim)
          ), placed AS (
              INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code,
-                                 created_at, updated_at)
-             SELECT $1, $2, 'PENDING', $3, $4, $5, $6, now(), now() FROM go RETURNING created_at
+                                 cart_version, created_at, updated_at)
+             SELECT $1, $2, 'PENDING', $3, $4, $5, $6, $23, now(), now() FROM go RETURNING created_at
          ), lines AS (
              INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
              SELECT $1, l.* FROM go, UNNEST($7::int[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[])
@@ -260,7 +262,8 @@ pub async fn place_order(
     .bind(PLACED)
     .bind(claim.as_ref().map(|c| c.key))
     .bind(claim.as_ref().map(|c| c.request_hash));
-    let Some(row) = created.bind(query).fetch_optional(pool).await? else { return Ok(None) };
+    let query = created.bind(query).bind(order.cart_version);
+    let Some(row) = query.fetch_optional(pool).await? else { return Ok(None) };
     let created_at: DateTime<Utc> = row.try_get("created_at")?;
     // now() is the statement's start, so the history row carries created_at too.
     Ok(Some(OrderRecord {
@@ -308,12 +311,13 @@ pub struct LockedOrder {
     pub total: Money,
     pub created_at: DateTime<Utc>,
     pub lines: Vec<OrderLine>,
+    pub cart_version: i64,
 }
 
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<LockedOrder>, sqlx::Error> {
     let query = |window: CreatedWindow| {
         sqlx::query(concat!(
-            "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, ",
+            "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, o.cart_version, ",
             lines_column!(),
             " FROM orders o WHERE o.id = $1",
             in_window!("$2", "$3"),
@@ -333,6 +337,7 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
         total: money(r.get("currency_code"), r.get("total_minor")),
         created_at: r.get("created_at"),
         lines: lines_of(&r)?,
+        cart_version: r.get("cart_version"),
     }))
 }
 

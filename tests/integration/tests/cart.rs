@@ -195,6 +195,7 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
         user_id: user.clone(),
         total: usd(1),
         lines: vec![line(&s.id("OUT-TENT-001"), 1), line(&s.id("OUT-LAMP-005"), 2)],
+        cart_version: cart.version,
     };
     publish_event(&s.env.kafka(), "order", &confirmed).await;
     eventually("cart cleared by OrderConfirmed", Duration::from_secs(30), || {
@@ -218,14 +219,16 @@ async fn order_confirmed_keeps_what_was_added_after_checkout() {
     let token = s.issuer.customer(&user);
     // Checked out: 2 tents and a lamp. Then, while the saga ran, one more
     // tent and a mug went in.
-    s.add(&token, &s.id("OUT-TENT-001"), 3).await.unwrap();
-    s.add(&token, &s.id("OUT-LAMP-005"), 1).await.unwrap();
+    s.add(&token, &s.id("OUT-TENT-001"), 2).await.unwrap();
+    let checked_out = s.add(&token, &s.id("OUT-LAMP-005"), 1).await.unwrap().version;
+    s.add(&token, &s.id("OUT-TENT-001"), 1).await.unwrap();
     s.add(&token, &s.id("KIT-MUG-001"), 1).await.unwrap();
     let confirmed = OrderConfirmed {
         order_id: uuid::Uuid::now_v7().to_string(),
         user_id: user.clone(),
         total: usd(1),
         lines: vec![line(&s.id("OUT-TENT-001"), 2), line(&s.id("OUT-LAMP-005"), 1)],
+        cart_version: checked_out,
     };
     let sent = publish_event(&s.env.kafka(), "order", &confirmed).await;
     let left = vec![("OUT-TENT-001".to_string(), 1), ("KIT-MUG-001".to_string(), 1)];
@@ -247,6 +250,7 @@ async fn order_confirmed_keeps_what_was_added_after_checkout() {
         user_id: user.clone(),
         total: usd(1),
         lines: vec![],
+        cart_version: 0,
     };
     publish_event(&s.env.kafka(), "order", &legacy).await;
     eventually("legacy OrderConfirmed empties the cart", Duration::from_secs(30), || {
@@ -254,5 +258,29 @@ async fn order_confirmed_keeps_what_was_added_after_checkout() {
         async move { s.get(&token).await.lines.is_empty().then_some(()) }
     })
     .await;
+    drop(s.env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_order_confirmed_spares_what_was_put_back_after_checkout() {
+    let s = setup().await;
+    let user = uuid::Uuid::now_v7().to_string();
+    let token = s.issuer.customer(&user);
+    let book = s.id("BOOK-RUST-001");
+    // Checked out one book; before the order's confirmation reached the cart,
+    // the customer emptied it and put one book back, to buy again.
+    let checked_out = s.add(&token, &book, 1).await.unwrap().version;
+    s.cart.clone().clear_cart(authed(pb::ClearCartRequest {}, &token)).await.unwrap();
+    s.add(&token, &book, 1).await.unwrap();
+    let confirmed = OrderConfirmed {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: user.clone(),
+        total: usd(1),
+        lines: vec![line(&book, 1)],
+        cart_version: checked_out,
+    };
+    publish_event(&s.env.kafka(), "order", &confirmed).await;
+    s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
+    assert_eq!(quantities(&s.get(&token).await), [("BOOK-RUST-001".to_string(), 1)], "the book put back is gone");
     drop(s.env);
 }

@@ -54,6 +54,37 @@ async fn happy_path_confirms_commits_stock_clears_cart_and_notifies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cart_refilled_while_the_order_ran_keeps_what_went_back_in() {
+    let mut shop = Shop::start(|_| {}, true).await;
+    let book = shop.product("BOOK-1", 1000, 10).await;
+    let mug = shop.product("MUG-1", 500, 10).await;
+    let eve = shop.customer("eve@shop.test").await;
+    // A first order, so payment has joined its consumer group before it
+    // stops (on Tansu, a group whose member stopped mid-join was seen stuck).
+    let warm_up = place_single_item_order(&shop, &eve, &mug).await;
+    assert_eq!(shop.final_order(&eve, &warm_up).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("cart emptied by the first order", SAGA, || async { (shop.cart_lines(&eve).await == 0).then_some(()) })
+        .await;
+    // Payment is down, so the next order waits while its buyer empties the
+    // cart and puts a book back in, and a mug, to buy again.
+    let payment = Shop::stop(&mut shop.payment).await;
+    let waiting = place_single_item_order(&shop, &eve, &book).await;
+    shop.ok(reqwest::Method::DELETE, "/v1/cart", &eve, None).await;
+    shop.add_to_cart(&eve, &book, 1).await;
+    shop.add_to_cart(&eve, &mug, 1).await;
+    shop.payment = Some(shop.restart(&shopmesh_payment::SERVICE, payment).await);
+    assert_eq!(shop.final_order(&eve, &waiting).await["status"], "ORDER_STATUS_CONFIRMED");
+    shop.env.wait_consumers_caught_up(SAGA_CONSUMERS, SAGA).await;
+    // Its confirmation took nothing that went in after it.
+    assert_eq!(shop.cart_lines(&eve).await, 2);
+    let again = shop.checkout(&eve, "tok_visa").await;
+    assert_eq!(again["total"]["amountMinor"], "1500");
+    assert_eq!(shop.final_order(&eve, again["id"].as_str().unwrap()).await["status"], "ORDER_STATUS_CONFIRMED");
+    eventually("cart emptied by the last order", SAGA, || async { (shop.cart_lines(&eve).await == 0).then_some(()) })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn declined_card_cancels_and_restores_stock() {
     let shop = Shop::start(|_| {}, true).await;
     let lamp = shop.product("LAMP-1", 4500, 3).await;
@@ -665,6 +696,7 @@ async fn place_cups(
         total: usd(1600),
         shipping_address: &Default::default(),
         coupon_code: "",
+        cart_version: 1,
     };
     let event = outbox.row(
         &OrderCreated { order_id: order.id.to_string(), user_id: user.into(), ..Default::default() },
