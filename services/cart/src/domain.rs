@@ -49,10 +49,11 @@ pub struct Line {
     pub product_id: Uuid,
     pub quantity: Quantity,
     pub added_at: DateTime<Utc>,
-    /// The cart version whose write put the product in the cart (0: before
-    /// this was kept).
+    /// The cart version whose write last set the quantity outright: put the
+    /// product in, or set it (0: before this was kept). Adding to the line
+    /// leaves it.
     #[serde(default)]
-    pub added_in: i64,
+    pub quantity_set_in: i64,
 }
 
 /// A cart as stored (Postgres, and the Redis copy): what and how many, not prices.
@@ -101,15 +102,17 @@ impl Cart {
         if self.lines.len() >= MAX_LINES {
             return Err(CartError::TooManyLines);
         }
-        let added_in = self.next_version();
-        self.lines.push(Line { product_id, quantity, added_at: now, added_in });
+        let quantity_set_in = self.next_version();
+        self.lines.push(Line { product_id, quantity, added_at: now, quantity_set_in });
         Ok(())
     }
 
     pub fn set_quantity(&mut self, product_id: Uuid, quantity: Quantity) -> Result<(), CartError> {
+        let quantity_set_in = self.next_version();
         let line =
             self.lines.iter_mut().find(|l| l.product_id == product_id).ok_or(CartError::NotInCart(product_id))?;
         line.quantity = quantity;
+        line.quantity_set_in = quantity_set_in;
         Ok(())
     }
 
@@ -127,14 +130,14 @@ impl Cart {
     /// Takes out what an order priced from cart version `checked_out`
     /// bought: each product's quantity drops by the ordered amount and the
     /// line goes when nothing is left, so units added since stay. A line
-    /// put in after `checked_out` (the product was removed, or the cart
-    /// emptied, and added again) holds nothing the order bought and stays
-    /// whole; with `checked_out` 0 (unknown) no line is spared. Products
-    /// no longer in the cart are skipped.
+    /// whose quantity was set after `checked_out` (put in again after the
+    /// cart was emptied, or given a quantity) is what the customer wants
+    /// now and stays as it is; with `checked_out` 0 (unknown) no line is
+    /// spared. Products no longer in the cart are skipped.
     pub fn remove_ordered(&mut self, ordered: impl IntoIterator<Item = (Uuid, u32)>, checked_out: i64) {
         for (product_id, bought) in ordered {
             let Some(line) = self.lines.iter_mut().find(|l| l.product_id == product_id) else { continue };
-            if checked_out > 0 && line.added_in > checked_out {
+            if checked_out > 0 && line.quantity_set_in > checked_out {
                 continue;
             }
             match Quantity::try_from(i64::from(line.quantity.0) - i64::from(bought)) {
@@ -311,7 +314,7 @@ mod tests {
         write(&mut cart, |c| c.add(sock, q(1), now).unwrap());
         cart.remove_ordered([(tent, 1), (lamp, 2), (mug, 1), (book, 1)], checked_out);
         let left: Vec<_> = cart.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
-        assert_eq!(left, [(lamp, q(1)), (mug, q(1)), (tent, q(1)), (sock, q(1))]);
+        assert_eq!(left, [(lamp, q(3)), (mug, q(1)), (tent, q(1)), (sock, q(1))]);
     }
 
     #[test]

@@ -66,8 +66,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER],
         handler: Arc::new(events::CheckoutClearer { cache: cache.clone() }),
-        // Prompt: it subtracts the ordered lines, so a late clear would also
-        // take what the customer put back in right after checking out.
+        // Prompt: a customer who has just bought expects those lines gone.
         pace: Pace::Prompt,
     });
     let api = grpc::CartApi { pool: rt.pool().clone(), cache, catalog, default_currency };

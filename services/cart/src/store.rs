@@ -13,17 +13,17 @@ type CartRow = (i64, DateTime<Utc>, Option<Uuid>, Option<i32>, Option<DateTime<U
 
 fn lines(rows: Vec<LineRow>) -> Result<Vec<Line>, sqlx::Error> {
     rows.into_iter()
-        .map(|(product_id, quantity, added_at, added_in)| {
+        .map(|(product_id, quantity, added_at, quantity_set_in)| {
             // The CHECK constraint keeps quantities in range.
             let quantity = Quantity::try_from(i64::from(quantity)).map_err(|e| sqlx::Error::Decode(e.into()))?;
-            Ok(Line { product_id, quantity, added_at, added_in })
+            Ok(Line { product_id, quantity, added_at, quantity_set_in })
         })
         .collect()
 }
 
 async fn load_lines(conn: &mut PgConnection, user_id: &str) -> Result<Vec<Line>, sqlx::Error> {
     let rows: Vec<LineRow> = sqlx::query_as(
-        "SELECT product_id, quantity, added_at, added_in FROM cart_lines
+        "SELECT product_id, quantity, added_at, quantity_set_in FROM cart_lines
          WHERE user_id = $1 ORDER BY added_at, product_id",
     )
     .bind(user_id)
@@ -36,7 +36,7 @@ async fn load_lines(conn: &mut PgConnection, user_id: &str) -> Result<Vec<Line>,
 /// version and the lines come from the same snapshot.
 pub async fn load(pool: &PgPool, user_id: &str) -> Result<Option<Cart>, sqlx::Error> {
     let rows: Vec<CartRow> = sqlx::query_as(
-        "SELECT c.version, c.updated_at, l.product_id, l.quantity, l.added_at, l.added_in
+        "SELECT c.version, c.updated_at, l.product_id, l.quantity, l.added_at, l.quantity_set_in
          FROM carts c LEFT JOIN cart_lines l ON l.user_id = c.user_id
          WHERE c.user_id = $1 ORDER BY l.added_at, l.product_id",
     )
@@ -46,8 +46,8 @@ pub async fn load(pool: &PgPool, user_id: &str) -> Result<Option<Cart>, sqlx::Er
     let Some(&(version, updated_at, ..)) = rows.first() else { return Ok(None) };
     let lines = lines(
         rows.into_iter()
-            .filter_map(|(_, _, product_id, quantity, added_at, added_in)| {
-                Some((product_id?, quantity?, added_at?, added_in?))
+            .filter_map(|(_, _, product_id, quantity, added_at, quantity_set_in)| {
+                Some((product_id?, quantity?, added_at?, quantity_set_in?))
             })
             .collect(),
     )?;
@@ -85,7 +85,7 @@ pub async fn save(tx: &mut PgConnection, user_id: &str, cart: &Cart) -> Result<(
     let ids: Vec<Uuid> = cart.lines.iter().map(|l| l.product_id).collect();
     let quantities: Vec<i32> = cart.lines.iter().map(|l| i32::from(l.quantity.get())).collect();
     let added: Vec<DateTime<Utc>> = cart.lines.iter().map(|l| l.added_at).collect();
-    let added_in: Vec<i64> = cart.lines.iter().map(|l| l.added_in).collect();
+    let quantity_set_in: Vec<i64> = cart.lines.iter().map(|l| l.quantity_set_in).collect();
     // The DELETE and the upsert touch disjoint keys, so running them as one
     // statement cannot trip the primary key.
     sqlx::query(
@@ -94,12 +94,12 @@ pub async fn save(tx: &mut PgConnection, user_id: &str, cart: &Cart) -> Result<(
          ), gone AS (
              DELETE FROM cart_lines WHERE user_id = $1 AND product_id <> ALL($4::uuid[])
          )
-         INSERT INTO cart_lines (user_id, product_id, quantity, added_at, added_in)
+         INSERT INTO cart_lines (user_id, product_id, quantity, added_at, quantity_set_in)
          SELECT $1, * FROM UNNEST($4::uuid[], $5::int4[], $6::timestamptz[], $7::int8[])
          ON CONFLICT (user_id, product_id) DO UPDATE
-            SET quantity = EXCLUDED.quantity, added_at = EXCLUDED.added_at, added_in = EXCLUDED.added_in
-            WHERE (cart_lines.quantity, cart_lines.added_at, cart_lines.added_in)
-                  IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.added_at, EXCLUDED.added_in)",
+            SET quantity = EXCLUDED.quantity, added_at = EXCLUDED.added_at, quantity_set_in = EXCLUDED.quantity_set_in
+            WHERE (cart_lines.quantity, cart_lines.added_at, cart_lines.quantity_set_in)
+                  IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.added_at, EXCLUDED.quantity_set_in)",
     )
     .bind(user_id)
     .bind(cart.version)
@@ -107,7 +107,7 @@ pub async fn save(tx: &mut PgConnection, user_id: &str, cart: &Cart) -> Result<(
     .bind(&ids)
     .bind(&quantities)
     .bind(&added)
-    .bind(&added_in)
+    .bind(&quantity_set_in)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -262,25 +262,31 @@ async fn order_confirmed_keeps_what_was_added_after_checkout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_order_confirmed_spares_what_was_put_back_after_checkout() {
+async fn a_late_order_confirmed_spares_what_was_put_back_or_set_after_checkout() {
     let s = setup().await;
     let user = uuid::Uuid::now_v7().to_string();
     let token = s.issuer.customer(&user);
-    let book = s.id("BOOK-RUST-001");
-    // Checked out one book; before the order's confirmation reached the cart,
-    // the customer emptied it and put one book back, to buy again.
-    let checked_out = s.add(&token, &book, 1).await.unwrap().version;
-    s.cart.clone().clear_cart(authed(pb::ClearCartRequest {}, &token)).await.unwrap();
+    let (book, tent) = (s.id("BOOK-RUST-001"), s.id("OUT-TENT-001"));
+    // Checked out a book and two tents; before the order's confirmation
+    // reached the cart, the customer took the book out and put one back,
+    // and set the tents to one, to buy again.
     s.add(&token, &book, 1).await.unwrap();
+    let checked_out = s.add(&token, &tent, 2).await.unwrap().version;
+    let remove = pb::RemoveItemRequest { product_id: book.clone() };
+    s.cart.clone().remove_item(authed(remove, &token)).await.unwrap();
+    s.add(&token, &book, 1).await.unwrap();
+    let set = pb::UpdateItemRequest { product_id: tent.clone(), quantity: 1 };
+    s.cart.clone().update_item(authed(set, &token)).await.unwrap();
     let confirmed = OrderConfirmed {
         order_id: uuid::Uuid::now_v7().to_string(),
         user_id: user.clone(),
         total: usd(1),
-        lines: vec![line(&book, 1)],
+        lines: vec![line(&book, 1), line(&tent, 2)],
         cart_version: checked_out,
     };
     publish_event(&s.env.kafka(), "order", &confirmed).await;
     s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
-    assert_eq!(quantities(&s.get(&token).await), [("BOOK-RUST-001".to_string(), 1)], "the book put back is gone");
+    let left = [("OUT-TENT-001".to_string(), 1), ("BOOK-RUST-001".to_string(), 1)];
+    assert_eq!(quantities(&s.get(&token).await), left, "what was put back or set after checkout is gone");
     drop(s.env);
 }
