@@ -1,6 +1,6 @@
 //! What the cart consumes: `OrderConfirmed` from order-events takes what was
-//! bought out of the buyer's cart; units and lines put in after checkout
-//! read the cart stay.
+//! bought out of the buyer's cart; units added after checkout read the cart,
+//! and lines put in or given a quantity since, stay.
 //! The platform's inbox makes each event apply once.
 
 use shopmesh_platform::consumer::{EventHandler, HandlerError};

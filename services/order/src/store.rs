@@ -233,7 +233,7 @@ pub async fn place_order(
          ), placed AS (
              INSERT INTO orders (id, user_id, status, currency_code, total_minor, shipping_address, coupon_code,
                                  cart_version, created_at, updated_at)
-             SELECT $1, $2, 'PENDING', $3, $4, $5, $6, $23, now(), now() FROM go RETURNING created_at
+             SELECT $1, $2, 'PENDING', $3, $4, $5, $6, $17, now(), now() FROM go RETURNING created_at
          ), lines AS (
              INSERT INTO order_lines (order_id, line_no, product_id, sku, name, currency_code, unit_price_minor, quantity)
              SELECT $1, l.* FROM go, UNNEST($7::int[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[])
@@ -242,7 +242,7 @@ pub async fn place_order(
              INSERT INTO order_status_history (order_id, status, note) SELECT $1, 'PENDING', $14 FROM go
          ), created AS (",
         outbox_insert!(),
-        "SELECT $17, $18, $19, $20, $21, $22 FROM go
+        "SELECT $18, $19, $20, $21, $22, $23 FROM go
          )
          SELECT created_at FROM placed"
     ))
@@ -261,9 +261,9 @@ pub async fn place_order(
     .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
     .bind(PLACED)
     .bind(claim.as_ref().map(|c| c.key))
-    .bind(claim.as_ref().map(|c| c.request_hash));
-    let query = created.bind(query).bind(order.cart_version);
-    let Some(row) = query.fetch_optional(pool).await? else { return Ok(None) };
+    .bind(claim.as_ref().map(|c| c.request_hash))
+    .bind(order.cart_version);
+    let Some(row) = created.bind(query).fetch_optional(pool).await? else { return Ok(None) };
     let created_at: DateTime<Utc> = row.try_get("created_at")?;
     // now() is the statement's start, so the history row carries created_at too.
     Ok(Some(OrderRecord {
