@@ -476,8 +476,8 @@ impl EventConsumer {
                 record = record.key(key);
             }
             match kafka.producer().send(record, Duration::from_secs(10)).await {
-                Ok(_) => break,
-                Err((e, _)) => {
+                Ok(()) => break,
+                Err(e) => {
                     tracing::error!(%dlq, error = %e, "dead-letter publish failed; retrying");
                     if kafka.is_unrecoverable(&e)
                         && let Err(e) = kafka.replace_producer()

@@ -443,15 +443,15 @@ impl OutboxRelay {
                     .insert(rdkafka::message::Header { key: "event_id", value: Some(event_id.as_bytes()) }),
             );
             let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
-            match producer.send_result(record) {
+            match producer.enqueue(record) {
                 Ok(delivery) => deliveries.push((row.seq, delivery, span)),
                 // A full local queue refuses what follows too: stop here.
-                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     enqueue_error = Some(e);
                     break;
                 }
                 // Refused for itself (too large, say): the other keys can go.
-                Err((e, _)) => failed.push((row.seq, e)),
+                Err(e) => failed.push((row.seq, e)),
             }
         }
         let mut sent = Vec::new();
@@ -459,9 +459,8 @@ impl OutboxRelay {
             // The span ends when the broker acknowledged (or refused) the event.
             let _span = span;
             match delivery.await {
-                Ok(Ok(_)) => sent.push(seq),
-                Ok(Err((e, _))) => failed.push((seq, e)),
-                Err(_) => failed.push((seq, KafkaError::Canceled)),
+                Ok(()) => sent.push(seq),
+                Err(e) => failed.push((seq, e)),
             }
         }
         if !sent.is_empty() {

@@ -176,7 +176,7 @@ impl Drop for TestEnv {
 pub async fn publish_raw(kafka: &Kafka, topic: &str, key: &str, bytes: &[u8]) {
     let topic = kafka.config.topic(topic);
     let record = rdkafka::producer::FutureRecord::to(&topic).key(key).payload(bytes);
-    kafka.producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("broker accepts the event");
+    kafka.producer().send(record, Duration::from_secs(10)).await.expect("broker accepts the event");
 }
 
 /// Wraps `event` in a new envelope from `source` and publishes it on its
