@@ -65,10 +65,7 @@ pub fn envelope_in<E: DomainEvent>(source: &str, event: &E, span: &tracing::Span
         id: Uuid::now_v7().to_string(),
         r#type: E::TYPE.to_owned(),
         aggregate_id: event.aggregate_id().to_owned(),
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        }),
+        occurred_at: Some(crate::grpc::timestamp(now)),
         traceparent: trace.get("traceparent").cloned().unwrap_or_default(),
         tracestate: trace.get("tracestate").cloned().unwrap_or_default(),
         source: source.to_owned(),

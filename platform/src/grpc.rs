@@ -8,6 +8,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// A point in time as the protos carry it.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
 /// Span for one inbound RPC; used as tonic's `trace_fn`.
 pub fn server_span(req: &http::Request<()>) -> tracing::Span {
     let (service, method) = crate::metrics::split_grpc_path(req.uri().path());

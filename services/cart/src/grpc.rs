@@ -8,6 +8,7 @@ use shopmesh_catalog::domain::Invalid;
 use shopmesh_catalog::pb::BatchGetProductsRequest;
 use shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient;
 use shopmesh_platform::auth::RequestAuthExt as _;
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{TracePropagation, db_error, internal, invalid_argument};
 use shopmesh_platform::money::{Currency, Money};
 use sqlx::PgPool;
@@ -77,10 +78,6 @@ fn pricing_error(e: PricingError) -> Status {
         PricingError::MixedCurrencies(..) => Status::failed_precondition(e.to_string()),
         PricingError::Overflow => Status::failed_precondition(e.to_string()),
     }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 pub struct CartApi {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use prost::Message as _;
 use shopmesh_platform::auth::{ROLE_ADMIN, RequestAuthExt as _};
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{db_error, invalid_argument};
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::paging;
@@ -84,10 +85,6 @@ impl TryFrom<pb::ListProductsRequest> for ListRequest {
         let after = decode_page_token(Some(&page), &filter)?;
         Ok(Self { filter, page_size: size, after, page_token: page.page_token })
     }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 impl From<Product> for pb::Product {

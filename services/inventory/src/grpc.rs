@@ -2,6 +2,7 @@
 //! RPC needs the admin role (the saga reserves through events, not here).
 
 use shopmesh_platform::auth::{ROLE_ADMIN, RequestAuthExt as _};
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{db_error, invalid_argument};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -54,10 +55,6 @@ impl TryFrom<pb::SetStockRequest> for SetStockCommand {
             },
         })
     }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 impl From<StockRow> for pb::StockLevel {

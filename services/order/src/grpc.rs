@@ -2,6 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use shopmesh_platform::auth::RequestAuthExt;
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{TracePropagation, db_error, invalid_argument};
 use shopmesh_platform::money::Money;
 use shopmesh_platform::outbox::Outbox;
@@ -137,10 +138,6 @@ fn checkout_status(e: CheckoutError) -> Status {
         }
         CheckoutError::Money(m) => Status::failed_precondition(format!("cannot total the cart: {m}")),
     }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 fn status_proto(s: OrderStatus) -> pb::OrderStatus {

@@ -2,6 +2,7 @@
 //! payments. Payments are created by the saga, never by a request.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{db_error, invalid_argument};
 use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::{Money as PbMoney, PageResponse};
@@ -42,10 +43,6 @@ impl TryFrom<pb::ListPaymentsRequest> for PaymentQuery {
             limit: paging::page_size(page, 20, 100)?,
         })
     }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 impl From<PaymentStatus> for pb::PaymentStatus {

@@ -2,6 +2,7 @@
 //! caller only; ids of other users' rows look exactly like missing ones.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::grpc::{db_error, invalid_argument};
 use shopmesh_platform::pb::common::v1::PostalAddress;
 use sqlx::PgPool;
@@ -38,10 +39,6 @@ impl TryFrom<pb::AddAddressRequest> for NewAddress {
 
 fn address_id(raw: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(raw.trim()).map_err(|_| invalid_argument("address_id", "must be a UUID"))
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 impl From<ProfileRow> for pb::Profile {
