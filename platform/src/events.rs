@@ -116,6 +116,12 @@ impl ReceivedEvent {
         Ok(E::decode(self.envelope.payload.as_slice())?)
     }
 
+    /// When the producer says the event happened, if it said so validly.
+    pub fn occurred_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let t = self.envelope.occurred_at.as_ref()?;
+        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+    }
+
     /// The producer's trace context, as a carrier map.
     pub fn trace_headers(&self) -> HashMap<String, String> {
         trace_headers(&self.envelope)
@@ -149,5 +155,8 @@ mod tests {
         assert_eq!(received.payload::<ev::OrderCreated>().unwrap(), created);
         assert!(received.payload::<ev::OrderConfirmed>().is_err());
         assert_eq!(received.event_id.get_version_num(), 7);
+        let stamped = env.occurred_at.unwrap();
+        let occurred = received.occurred_at().unwrap();
+        assert_eq!((occurred.timestamp(), occurred.timestamp_subsec_nanos() as i32), (stamped.seconds, stamped.nanos));
     }
 }

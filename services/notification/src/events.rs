@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, CancelCause, Message, Occurrence};
-use crate::store;
+use crate::store::{self, NewNotification};
 
 /// Consumer group and inbox name.
 pub const CONSUMER: &str = "notification";
@@ -74,8 +74,16 @@ impl EventHandler for Notifier {
 
     async fn handle_set(&self, tx: &mut PgConnection, set: &[Consumed<'_>]) -> Result<(), HandlerError> {
         let messages = set.iter().map(|c| notification(c.event)).collect::<Result<Vec<_>, _>>()?;
-        let rows: Vec<(Uuid, Uuid, &Message)> =
-            set.iter().zip(&messages).map(|(c, (user_id, message))| (c.event.event_id, *user_id, message)).collect();
+        let rows: Vec<NewNotification<'_>> = set
+            .iter()
+            .zip(&messages)
+            .map(|(c, (user_id, message))| NewNotification {
+                event_id: c.event.event_id,
+                user_id: *user_id,
+                occurred_at: c.event.occurred_at(),
+                message,
+            })
+            .collect();
         let created = store::insert_all(tx, &rows).await?;
         for (c, (user_id, message)) in set.iter().zip(&messages) {
             c.span.in_scope(|| {

@@ -3,6 +3,7 @@
 
 use shopmesh_platform::auth::RequestAuthExt as _;
 use shopmesh_platform::grpc::db_error;
+use shopmesh_platform::grpc::timestamp;
 use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::PageResponse;
 use sqlx::PgPool;
@@ -57,10 +58,8 @@ impl From<NotificationRow> for pb::Notification {
             order_id: n.order_id,
             title: n.title,
             body: n.body,
-            created_at: Some(prost_types::Timestamp {
-                seconds: n.created_at.timestamp(),
-                nanos: n.created_at.timestamp_subsec_nanos() as i32,
-            }),
+            created_at: Some(timestamp(n.created_at)),
+            occurred_at: Some(timestamp(n.occurred_at)),
         }
     }
 }
@@ -82,7 +81,7 @@ impl pb::notification_service_server::NotificationService for NotificationApi {
         let more = rows.len() > page.limit as usize;
         rows.truncate(page.limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => paging::encode_token(&(last.created_at, last.id), &Page::filters()),
+            Some(last) if more => paging::encode_token(&(last.occurred_at, last.id), &Page::filters()),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListNotificationsResponse {

@@ -132,6 +132,47 @@ async fn saga_outcomes_become_messages_listed_newest_first() {
     h.drop_db().await;
 }
 
+/// Consumers lag unevenly: payment's refund can reach this service before
+/// order's cancellation that caused it. The feed follows when each outcome
+/// happened, not when its event arrived, across pages too.
+#[tokio::test]
+async fn the_feed_follows_when_outcomes_happened_not_when_their_events_arrived() {
+    let h = harness().await;
+    let user = Uuid::now_v7();
+    let cancelled = received(&OrderCancelled {
+        order_id: "o-9".into(),
+        user_id: user.to_string(),
+        reason: CancelReason::CustomerRequest as i32,
+        was_paid: true,
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let refunded = received(&PaymentRefunded {
+        order_id: "o-9".into(),
+        payment_id: Uuid::now_v7().to_string(),
+        amount: Some(Money { currency_code: "USD".into(), amount_minor: 500 }),
+        user_id: user.to_string(),
+    });
+    assert!(h.deliver(&refunded).await.unwrap());
+    assert!(h.deliver(&cancelled).await.unwrap());
+
+    let all = h.list(user, 0, String::new()).await.notifications;
+    let titles: Vec<&str> = all.iter().map(|n| n.title.as_str()).collect();
+    assert_eq!(titles, ["Refund issued", "Order cancelled"]);
+    // Postgres keeps microseconds.
+    let at = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos / 1000));
+    assert_eq!(at(all[0].occurred_at), at(refunded.envelope.occurred_at));
+    assert_eq!(at(all[1].occurred_at), at(cancelled.envelope.occurred_at));
+    assert!(at(all[1].created_at) > at(all[0].created_at), "the cancellation was stored last");
+
+    let first = h.list(user, 1, String::new()).await;
+    assert_eq!(first.notifications[0].title, "Refund issued");
+    let second = h.list(user, 1, first.page.unwrap().next_page_token).await;
+    assert_eq!(second.notifications.len(), 1);
+    assert_eq!(second.notifications[0].title, "Order cancelled");
+    assert!(second.page.unwrap().next_page_token.is_empty());
+    h.drop_db().await;
+}
+
 #[tokio::test]
 async fn bad_requests_and_events_are_refused() {
     let h = harness().await;
