@@ -151,14 +151,16 @@ struct PolledProducer {
 }
 
 impl Drop for PolledProducer {
-    /// The thread holds the producer until it sees `stop`, then drops it
-    /// there (librdkafka's purge and flush stay off the async threads).
+    /// The thread holds the producer until it sees `stop`, then drops it,
+    /// so librdkafka's purge and flush usually run there, not on an async
+    /// thread (unless the thread saw `stop` before this handle let go).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// A message's broker acknowledgement, or why it was not delivered.
+/// A message's broker acknowledgement, or why it was not delivered. It does
+/// not keep the producer alive: await it while holding an [`EventProducer`].
 pub struct Delivery(oneshot::Receiver<Result<(), KafkaError>>);
 
 impl std::future::Future for Delivery {
@@ -220,6 +222,7 @@ impl EventProducer {
         }
     }
 
+    /// The librdkafka client: metadata requests, fatal-error state.
     pub fn client(&self) -> &rdkafka::client::Client<DeliveryReports> {
         self.inner.producer.client()
     }
