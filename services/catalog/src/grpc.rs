@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use prost::Message as _;
 use shopmesh_platform::auth::{ROLE_ADMIN, RequestAuthExt as _};
-use shopmesh_platform::grpc::timestamp;
-use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::grpc::{db_error, invalid_argument, timestamp};
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::PageResponse;

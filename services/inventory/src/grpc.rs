@@ -2,8 +2,7 @@
 //! RPC needs the admin role (the saga reserves through events, not here).
 
 use shopmesh_platform::auth::{ROLE_ADMIN, RequestAuthExt as _};
-use shopmesh_platform::grpc::timestamp;
-use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::grpc::{db_error, invalid_argument, timestamp};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 

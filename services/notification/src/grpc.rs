@@ -2,8 +2,7 @@
 //! notifications, newest first.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
-use shopmesh_platform::grpc::db_error;
-use shopmesh_platform::grpc::timestamp;
+use shopmesh_platform::grpc::{db_error, timestamp};
 use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::PageResponse;
 use sqlx::PgPool;

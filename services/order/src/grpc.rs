@@ -2,8 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use shopmesh_platform::auth::RequestAuthExt;
-use shopmesh_platform::grpc::timestamp;
-use shopmesh_platform::grpc::{TracePropagation, db_error, invalid_argument};
+use shopmesh_platform::grpc::{TracePropagation, db_error, invalid_argument, timestamp};
 use shopmesh_platform::money::Money;
 use shopmesh_platform::outbox::Outbox;
 use shopmesh_platform::paging;

@@ -2,8 +2,7 @@
 //! payments. Payments are created by the saga, never by a request.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
-use shopmesh_platform::grpc::timestamp;
-use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::grpc::{db_error, invalid_argument, timestamp};
 use shopmesh_platform::paging;
 use shopmesh_platform::pb::common::v1::{Money as PbMoney, PageResponse};
 use sqlx::PgPool;

@@ -2,8 +2,7 @@
 //! caller only; ids of other users' rows look exactly like missing ones.
 
 use shopmesh_platform::auth::RequestAuthExt as _;
-use shopmesh_platform::grpc::timestamp;
-use shopmesh_platform::grpc::{db_error, invalid_argument};
+use shopmesh_platform::grpc::{db_error, invalid_argument, timestamp};
 use shopmesh_platform::pb::common::v1::PostalAddress;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
