@@ -135,10 +135,13 @@ pub struct EventProducer {
 /// Completes each message's delivery channel when librdkafka reports it.
 pub struct DeliveryReports;
 
+/// The sending half of one message's [`Delivery`].
+type DeliveryReply = Box<oneshot::Sender<Result<(), KafkaError>>>;
+
 impl ClientContext for DeliveryReports {}
 
 impl ProducerContext for DeliveryReports {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
+    type DeliveryOpaque = DeliveryReply;
 
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
         let _ = reply.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
@@ -171,6 +174,21 @@ impl std::future::Future for Delivery {
     }
 }
 
+/// `record` as librdkafka takes it, carrying the channel its delivery
+/// report completes.
+fn with_delivery<'a, K, P>(record: FutureRecord<'a, K, P>) -> (BaseRecord<'a, K, P, DeliveryReply>, Delivery)
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    let (reply, delivery) = oneshot::channel();
+    let FutureRecord { topic, partition, payload, key, timestamp, headers } = record;
+    (
+        BaseRecord { topic, partition, payload, key, timestamp, headers, delivery_opaque: Box::new(reply) },
+        Delivery(delivery),
+    )
+}
+
 impl EventProducer {
     fn start(producer: BaseProducer<DeliveryReports>) -> Result<Self, KafkaError> {
         let producer = Arc::new(producer);
@@ -195,10 +213,8 @@ impl EventProducer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let (reply, delivery) = oneshot::channel();
-        let FutureRecord { topic, partition, payload, key, timestamp, headers } = record;
-        let base = BaseRecord { topic, partition, payload, key, timestamp, headers, delivery_opaque: Box::new(reply) };
-        self.inner.producer.send(base).map(|()| Delivery(delivery)).map_err(|(e, _)| e)
+        let (base, delivery) = with_delivery(record);
+        self.inner.producer.send(base).map(|()| delivery).map_err(|(e, _)| e)
     }
 
     /// Queues `record`, retrying a full local queue for up to `queue_timeout`,
@@ -209,15 +225,18 @@ impl EventProducer {
         P: ToBytes + ?Sized,
     {
         let give_up = Instant::now() + queue_timeout;
-        let FutureRecord { topic, partition, payload, key, timestamp, headers } = record;
+        let (mut base, delivery) = with_delivery(record);
         loop {
-            let attempt = FutureRecord { topic, partition, payload, key, timestamp, headers: headers.clone() };
-            match self.enqueue(attempt) {
-                Ok(delivery) => return delivery.await,
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) if Instant::now() < give_up => {
+            // A refused record comes back, so the retry sends that same one.
+            match self.inner.producer.send(base) {
+                Ok(()) => return delivery.await,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused))
+                    if Instant::now() < give_up =>
+                {
+                    base = refused;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(e),
+                Err((e, _)) => return Err(e),
             }
         }
     }
