@@ -63,6 +63,38 @@ impl CancelReason {
     }
 }
 
+/// Where the order's money is, as far as the order has heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentState {
+    /// Nothing captured, or not heard of yet.
+    Unpaid,
+    /// Captured and not given back.
+    Held,
+    /// Captured, then refunded. Final: payment captures an order once, so
+    /// a capture heard after its refund is an old message replayed.
+    Refunded,
+}
+
+impl PaymentState {
+    /// From the order row's `paid` and `refunded` columns.
+    pub fn from_columns(paid: bool, refunded: bool) -> Self {
+        match (paid, refunded) {
+            (_, true) => PaymentState::Refunded,
+            (true, false) => PaymentState::Held,
+            (false, false) => PaymentState::Unpaid,
+        }
+    }
+
+    /// How a change names it to the store's statement (see `store::Change`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Unpaid => "UNPAID",
+            PaymentState::Held => "HELD",
+            PaymentState::Refunded => "REFUNDED",
+        }
+    }
+}
+
 /// Something that happened to an order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrderInput {
@@ -82,16 +114,17 @@ pub enum Transition {
     /// → CANCELLED; emit OrderCancelled (payment refunds what it captured,
     /// inventory releases or restocks).
     Cancel { reason: CancelReason },
-    /// No status change; record a history note and whether money is held.
-    Note { note: &'static str, paid: bool },
+    /// No status change; record a history note and where the money is now.
+    Note { note: &'static str, payment: PaymentState },
     /// Nothing to do (duplicate or stale input).
     Ignore,
 }
 
 /// The order status machine.
-pub fn decide(status: OrderStatus, input: OrderInput) -> Transition {
+pub fn decide(status: OrderStatus, payment: PaymentState, input: OrderInput) -> Transition {
     use OrderInput::*;
     use OrderStatus::*;
+    use PaymentState::{Refunded, Unpaid};
     match (status, input) {
         (Pending, StockReservationFailed) => Transition::Cancel { reason: CancelReason::OutOfStock },
         (Pending, PaymentCaptured) => Transition::Confirm,
@@ -100,10 +133,15 @@ pub fn decide(status: OrderStatus, input: OrderInput) -> Transition {
         (Pending | Confirmed, CustomerCancel) => Transition::Cancel { reason: CancelReason::CustomerRequest },
         // Payment refunds a capture for an order it knows is cancelled; we
         // only record that money arrived late and is on its way back.
-        (Cancelled, PaymentCaptured) => {
-            Transition::Note { note: "payment captured after cancellation; refund follows", paid: true }
+        (Cancelled, PaymentCaptured) if payment == Unpaid => Transition::Note {
+            note: "payment captured after cancellation; refund follows",
+            payment: PaymentState::Held,
+        },
+        // Replayed out of order (from a dead-letter topic, say), a refund can
+        // arrive before its capture: the capture then changes nothing.
+        (Confirmed | Cancelled, PaymentRefunded) if payment != Refunded => {
+            Transition::Note { note: "payment refunded", payment: Refunded }
         }
-        (Confirmed | Cancelled, PaymentRefunded) => Transition::Note { note: "payment refunded", paid: false },
         _ => Transition::Ignore,
     }
 }
@@ -207,45 +245,67 @@ mod tests {
     #[test]
     fn saga_outcomes_drive_pending_orders() {
         use OrderInput::*;
-        assert_eq!(decide(OrderStatus::Pending, PaymentCaptured), Transition::Confirm);
+        assert_eq!(decide(OrderStatus::Pending, PaymentState::Unpaid, PaymentCaptured), Transition::Confirm);
         assert_eq!(
-            decide(OrderStatus::Pending, StockReservationFailed),
+            decide(OrderStatus::Pending, PaymentState::Unpaid, StockReservationFailed),
             Transition::Cancel { reason: CancelReason::OutOfStock }
         );
         assert_eq!(
-            decide(OrderStatus::Pending, PaymentDeclined),
+            decide(OrderStatus::Pending, PaymentState::Unpaid, PaymentDeclined),
             Transition::Cancel { reason: CancelReason::PaymentDeclined }
         );
-        assert_eq!(decide(OrderStatus::Pending, TimedOut), Transition::Cancel { reason: CancelReason::Timeout });
+        assert_eq!(
+            decide(OrderStatus::Pending, PaymentState::Unpaid, TimedOut),
+            Transition::Cancel { reason: CancelReason::Timeout }
+        );
     }
 
     #[test]
     fn final_states_ignore_stale_or_duplicate_events() {
         use OrderInput::*;
-        assert_eq!(decide(OrderStatus::Confirmed, PaymentCaptured), Transition::Ignore);
-        assert_eq!(decide(OrderStatus::Confirmed, TimedOut), Transition::Ignore);
-        assert_eq!(decide(OrderStatus::Cancelled, PaymentDeclined), Transition::Ignore);
-        assert_eq!(decide(OrderStatus::Cancelled, StockReservationFailed), Transition::Ignore);
-        assert_eq!(decide(OrderStatus::Cancelled, CustomerCancel), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Confirmed, PaymentState::Held, PaymentCaptured), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Confirmed, PaymentState::Held, TimedOut), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Cancelled, PaymentState::Unpaid, PaymentDeclined), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Cancelled, PaymentState::Unpaid, StockReservationFailed), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Cancelled, PaymentState::Unpaid, CustomerCancel), Transition::Ignore);
     }
 
     #[test]
     fn customer_can_cancel_pending_and_confirmed_orders() {
         let cancel = Transition::Cancel { reason: CancelReason::CustomerRequest };
-        assert_eq!(decide(OrderStatus::Pending, OrderInput::CustomerCancel), cancel);
-        assert_eq!(decide(OrderStatus::Confirmed, OrderInput::CustomerCancel), cancel);
+        assert_eq!(decide(OrderStatus::Pending, PaymentState::Unpaid, OrderInput::CustomerCancel), cancel);
+        assert_eq!(decide(OrderStatus::Confirmed, PaymentState::Held, OrderInput::CustomerCancel), cancel);
     }
 
     #[test]
     fn late_capture_on_cancelled_order_is_noted_as_held_money() {
         assert_eq!(
-            decide(OrderStatus::Cancelled, OrderInput::PaymentCaptured),
-            Transition::Note { note: "payment captured after cancellation; refund follows", paid: true }
+            decide(OrderStatus::Cancelled, PaymentState::Unpaid, OrderInput::PaymentCaptured),
+            Transition::Note {
+                note: "payment captured after cancellation; refund follows",
+                payment: PaymentState::Held
+            }
         );
         assert!(matches!(
-            decide(OrderStatus::Cancelled, OrderInput::PaymentRefunded),
-            Transition::Note { paid: false, .. }
+            decide(OrderStatus::Cancelled, PaymentState::Held, OrderInput::PaymentRefunded),
+            Transition::Note { payment: PaymentState::Refunded, .. }
         ));
+    }
+
+    #[test]
+    fn a_capture_heard_after_its_refund_changes_nothing() {
+        use OrderInput::*;
+        use PaymentState::*;
+        // The refund overtook the capture (a replay from the dead-letter topic).
+        assert_eq!(
+            decide(OrderStatus::Cancelled, Unpaid, PaymentRefunded),
+            Transition::Note { note: "payment refunded", payment: Refunded }
+        );
+        assert_eq!(decide(OrderStatus::Cancelled, Refunded, PaymentCaptured), Transition::Ignore);
+        // A capture or a refund heard twice (as different messages) is noted once.
+        assert_eq!(decide(OrderStatus::Cancelled, Held, PaymentCaptured), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Cancelled, Refunded, PaymentRefunded), Transition::Ignore);
+        assert_eq!(decide(OrderStatus::Confirmed, Refunded, PaymentRefunded), Transition::Ignore);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use shopmesh_platform::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{CancelReason, OrderInput, OrderLine, OrderStatus, Transition, decide};
+use crate::domain::{CancelReason, OrderInput, OrderLine, OrderStatus, PaymentState, Transition, decide};
 use crate::store;
 
 fn proto_reason(reason: CancelReason) -> ev::CancelReason {
@@ -49,10 +49,14 @@ pub async fn advance(
         return Ok(None);
     };
     let order_id = order.id.to_string();
-    match decide(order.status, input) {
+    match decide(order.status, order.payment, input) {
         Transition::Confirm => {
-            let confirmed =
-                store::Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
+            let confirmed = store::Change {
+                status: OrderStatus::Confirmed,
+                reason: None,
+                payment: PaymentState::Held,
+                note: "payment captured",
+            };
             let event = ev::OrderConfirmed {
                 order_id,
                 user_id: order.user_id.clone(),
@@ -66,13 +70,17 @@ pub async fn advance(
             Ok(Some(OrderStatus::Confirmed))
         }
         Transition::Cancel { reason } => {
-            let cancelled =
-                store::Change { status: OrderStatus::Cancelled, reason: Some(reason), paid: order.paid, note: "" };
+            let cancelled = store::Change {
+                status: OrderStatus::Cancelled,
+                reason: Some(reason),
+                payment: order.payment,
+                note: "",
+            };
             let event = ev::OrderCancelled {
                 order_id,
                 user_id: order.user_id.clone(),
                 reason: proto_reason(reason) as i32,
-                was_paid: order.paid,
+                was_paid: order.payment == PaymentState::Held,
             };
             let event = outbox.row(&event, &tracing::Span::current());
             store::apply_change(conn, &order, &cancelled, Some(&event)).await?;
@@ -81,8 +89,8 @@ pub async fn advance(
             }
             Ok(Some(OrderStatus::Cancelled))
         }
-        Transition::Note { note, paid } => {
-            let note = store::Change { status: order.status, reason: None, paid, note };
+        Transition::Note { note, payment } => {
+            let note = store::Change { status: order.status, reason: None, payment, note };
             store::apply_change(conn, &order, &note, None).await?;
             Ok(Some(order.status))
         }

@@ -10,7 +10,7 @@ use shopmesh_platform::pb::common::v1::PostalAddress;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::{CancelReason, OrderLine, OrderStatus};
+use crate::domain::{CancelReason, OrderLine, OrderStatus, PaymentState};
 
 #[derive(Clone, Debug)]
 pub struct HistoryEntry {
@@ -29,7 +29,7 @@ pub struct OrderRecord {
     pub total: Money,
     pub shipping_address: PostalAddress,
     pub coupon_code: String,
-    pub paid: bool,
+    pub payment: PaymentState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub lines: Vec<OrderLine>,
@@ -274,7 +274,7 @@ pub async fn place_order(
         total: order.total,
         shipping_address: order.shipping_address.clone(),
         coupon_code: order.coupon_code.to_owned(),
-        paid: false,
+        payment: PaymentState::Unpaid,
         created_at,
         updated_at: created_at,
         lines: lines.to_vec(),
@@ -307,7 +307,7 @@ pub struct LockedOrder {
     pub id: Uuid,
     pub user_id: String,
     pub status: OrderStatus,
-    pub paid: bool,
+    pub payment: PaymentState,
     pub total: Money,
     pub created_at: DateTime<Utc>,
     pub lines: Vec<OrderLine>,
@@ -317,7 +317,7 @@ pub struct LockedOrder {
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<LockedOrder>, sqlx::Error> {
     let query = |window: CreatedWindow| {
         sqlx::query(concat!(
-            "SELECT o.id, o.user_id, o.status, o.paid, o.currency_code, o.total_minor, o.created_at, o.cart_version, ",
+            "SELECT o.id, o.user_id, o.status, o.paid, o.refunded, o.currency_code, o.total_minor, o.created_at, o.cart_version, ",
             lines_column!(),
             " FROM orders o WHERE o.id = $1",
             in_window!("$2", "$3"),
@@ -333,7 +333,7 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
         id: r.get("id"),
         user_id: r.get("user_id"),
         status: OrderStatus::parse(r.get::<&str, _>("status")).expect("status CHECK constraint"),
-        paid: r.get("paid"),
+        payment: PaymentState::from_columns(r.get("paid"), r.get("refunded")),
         total: money(r.get("currency_code"), r.get("total_minor")),
         created_at: r.get("created_at"),
         lines: lines_of(&r)?,
@@ -341,14 +341,14 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lock
     }))
 }
 
-/// A change of a locked order: its new status and paid flag, and the
+/// A change of a locked order: its new status and payment state, and the
 /// history row that records it.
 pub struct Change<'a> {
     pub status: OrderStatus,
     /// Set on cancelling; `None` keeps the order's reason (a note on a
     /// cancelled order leaves it cancelled for the same reason).
     pub reason: Option<CancelReason>,
-    pub paid: bool,
+    pub payment: PaymentState,
     pub note: &'a str,
 }
 
@@ -356,7 +356,8 @@ pub struct Change<'a> {
 macro_rules! change_cte {
     () => {
         "WITH changed AS (
-             UPDATE orders SET status = $2, cancel_reason = coalesce($3, cancel_reason), paid = $4, updated_at = now()
+             UPDATE orders SET status = $2, cancel_reason = coalesce($3, cancel_reason),
+                 paid = ($4 = 'HELD'), refunded = ($4 = 'REFUNDED'), updated_at = now()
              WHERE id = $1 AND created_at = $6
          ), history AS (
              INSERT INTO order_status_history (order_id, status, reason, note) VALUES ($1, $2, $3, $5)
@@ -373,7 +374,7 @@ fn bind_change<'q>(
         .bind(order.id)
         .bind(change.status.as_str())
         .bind(change.reason.map(CancelReason::as_str))
-        .bind(change.paid)
+        .bind(change.payment.as_str())
         .bind(change.note)
         .bind(order.created_at)
 }
@@ -427,7 +428,7 @@ macro_rules! order_columns {
     () => {
         concat!(
             "o.id, o.user_id, o.status, o.cancel_reason, o.currency_code, o.total_minor, o.shipping_address,
-             o.coupon_code, o.paid, o.created_at, o.updated_at, ",
+             o.coupon_code, o.paid, o.refunded, o.created_at, o.updated_at, ",
             lines_column!(),
             ",
          (SELECT coalesce(jsonb_agg(jsonb_build_array(status, reason, note, (extract(epoch FROM changed_at) * 1000000)::bigint)
@@ -477,7 +478,7 @@ fn order_from_row(r: &sqlx::postgres::PgRow) -> Result<OrderRecord, sqlx::Error>
         total: money(r.get("currency_code"), r.get("total_minor")),
         shipping_address: address_from_json(&shipping),
         coupon_code: r.get("coupon_code"),
-        paid: r.get("paid"),
+        payment: PaymentState::from_columns(r.get("paid"), r.get("refunded")),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         lines: lines_of(r)?,

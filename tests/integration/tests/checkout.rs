@@ -711,7 +711,7 @@ async fn place_cups(
 /// apart) is still found, locked and changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_stored_days_from_its_ids_time_is_still_found_and_changed() {
-    use shopmesh_order::domain::OrderStatus;
+    use shopmesh_order::domain::{OrderStatus, PaymentState};
     use shopmesh_order::store::{self, Change};
 
     let (_env, pool, outbox) = order_store().await;
@@ -732,13 +732,55 @@ async fn an_order_stored_days_from_its_ids_time_is_still_found_and_changed() {
 
     let mut tx = pool.begin().await.unwrap();
     let locked = store::lock_order(&mut tx, id).await.unwrap().expect("still locked");
-    let confirm = Change { status: OrderStatus::Confirmed, reason: None, paid: true, note: "payment captured" };
+    let confirm =
+        Change { status: OrderStatus::Confirmed, reason: None, payment: PaymentState::Held, note: "payment captured" };
     store::apply_change(&mut tx, &locked, &confirm, None).await.unwrap();
     tx.commit().await.unwrap();
     let changed = store::load_order(&pool, id, None).await.unwrap().unwrap();
     assert_eq!(changed.status, OrderStatus::Confirmed);
-    assert!(changed.paid);
+    assert_eq!(changed.payment, PaymentState::Held);
     assert_eq!(changed.history.len(), 2);
+}
+
+/// Where the money is follows what payment reported, in whatever order the
+/// reports arrive: a capture heard only after its refund (it sat on the
+/// dead-letter topic and was replayed) changes nothing, so the order never
+/// claims money it gave back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_replayed_after_its_refund_leaves_the_order_refunded() {
+    use shopmesh_order::domain::{OrderInput, OrderStatus, PaymentState};
+    use shopmesh_order::events::advance;
+    use shopmesh_order::store;
+
+    let (_env, pool, outbox) = order_store().await;
+    let notes_after = |inputs: Vec<OrderInput>| {
+        let (pool, outbox) = (pool.clone(), outbox.clone());
+        async move {
+            let id = place_cups(&pool, &outbox, "user-1", None).await.expect("placed");
+            for input in inputs {
+                let mut tx = pool.begin().await.unwrap();
+                advance(&mut tx, &outbox, id, input).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            let order = store::load_order(&pool, id, None).await.unwrap().unwrap();
+            let notes: Vec<String> = order.history.iter().skip(2).map(|h| h.note.clone()).collect();
+            (order.status, order.payment, notes)
+        }
+    };
+    use OrderInput::*;
+    // In order: the late capture is noted as held, then as refunded.
+    let (status, payment, notes) = notes_after(vec![TimedOut, PaymentCaptured, PaymentRefunded]).await;
+    assert_eq!((status, payment), (OrderStatus::Cancelled, PaymentState::Refunded));
+    assert_eq!(notes, ["payment captured after cancellation; refund follows", "payment refunded"]);
+    // The refund first: the capture replayed after it, and a second refund
+    // message, leave the history and the state as the refund left them.
+    let (status, payment, notes) = notes_after(vec![TimedOut, PaymentRefunded, PaymentCaptured, PaymentRefunded]).await;
+    assert_eq!((status, payment), (OrderStatus::Cancelled, PaymentState::Refunded));
+    assert_eq!(notes, ["payment refunded"]);
+    // A confirmed order keeps its capture through duplicates of it.
+    let (status, payment, notes) = notes_after(vec![PaymentCaptured, PaymentCaptured]).await;
+    assert_eq!((status, payment), (OrderStatus::Confirmed, PaymentState::Held));
+    assert!(notes.is_empty(), "{notes:?}");
 }
 
 /// A customer's orders page newest first across monthly partitions, each
