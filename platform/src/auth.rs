@@ -1,7 +1,7 @@
 //! Zero-trust identity: every service (and the gateway) verifies bearer
 //! tokens itself — EdDSA signature against the auth service's JWKS (cached,
 //! refreshed on an unknown `kid`), issuer, audience, expiry, and the Redis
-//! denylist of logged-out token ids.
+//! denylist of logged-out tokens and sessions.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -147,6 +147,12 @@ pub fn denylist_key(prefix: &str, jti: &str) -> String {
     format!("{prefix}auth:denylist:{jti}")
 }
 
+/// Redis key of a revoked session: every access token whose `fam` (its
+/// refresh-token family) is `family`.
+pub fn session_denylist_key(prefix: &str, family: &str) -> String {
+    format!("{prefix}auth:denylist:session:{family}")
+}
+
 /// Clock skew a token's `exp` and `nbf` are allowed.
 pub const LEEWAY_SECS: u64 = 5;
 
@@ -155,6 +161,19 @@ pub const LEEWAY_SECS: u64 = 5;
 pub async fn deny(redis: &Client, prefix: &str, jti: &str, until_unix: i64) -> Result<(), fred::error::Error> {
     let ttl = (until_unix + LEEWAY_SECS as i64 - chrono::Utc::now().timestamp()).max(1);
     redis.set::<(), _, _>(denylist_key(prefix, jti), "1", Some(Expiration::EX(ttl)), None, false).await
+}
+
+/// Denies every access token of session `family`, including those issued
+/// by earlier refreshes and any a thief holds. All were issued before now,
+/// so none outlives `access_ttl` (plus the leeway) from now.
+pub async fn deny_session(
+    redis: &Client,
+    prefix: &str,
+    family: &str,
+    access_ttl: Duration,
+) -> Result<(), fred::error::Error> {
+    let ttl = access_ttl.as_secs().saturating_add(LEEWAY_SECS).clamp(1, i64::MAX as u64) as i64;
+    redis.set::<(), _, _>(session_denylist_key(prefix, family), "1", Some(Expiration::EX(ttl)), None, false).await
 }
 
 struct KeyCache {
@@ -233,8 +252,13 @@ impl TokenVerifier {
             }
         };
         if let Some(redis) = &self.redis {
+            // The token itself, and its session: one round trip either way.
+            let mut keys = vec![denylist_key(&self.redis_prefix, &claims.jti)];
+            if !claims.fam.is_empty() {
+                keys.push(session_denylist_key(&self.redis_prefix, &claims.fam));
+            }
             let revoked: bool = redis
-                .exists::<u32, _>(denylist_key(&self.redis_prefix, &claims.jti))
+                .exists::<u32, _>(keys)
                 .await
                 .map(|n| n > 0)
                 .map_err(|e| AuthError::Unavailable(format!("denylist: {e}")))?;

@@ -72,6 +72,12 @@ pub struct AuthApi {
 }
 
 impl AuthApi {
+    /// Denies every access token issued in session `family_id`.
+    async fn deny_session(&self, family_id: Uuid) -> Result<(), fred::error::Error> {
+        let family = family_id.to_string();
+        shopmesh_platform::auth::deny_session(&self.redis, &self.redis_prefix, &family, self.tokens.access_ttl()).await
+    }
+
     /// Issues an access token and a new refresh token of `family_id` inside
     /// `tx`. Signing happens before the caller commits, so a signing failure
     /// never consumes the presented refresh token.
@@ -151,6 +157,11 @@ impl pb::auth_service_server::AuthService for AuthApi {
                 store::revoke_family(&mut tx, stored.family_id, stored.user_id).await.map_err(db_error)?;
                 tx.commit().await.map_err(db_error)?;
                 tracing::warn!(user_id = %stored.user_id, family_id = %stored.family_id, "refresh token reused; family revoked");
+                // One of the two holders is a thief: the access tokens both
+                // hold stop working too, not only the refresh tokens.
+                if let Err(e) = self.deny_session(stored.family_id).await {
+                    tracing::error!(family_id = %stored.family_id, error = %e, "denying a reused session's access tokens failed");
+                }
                 return Err(Status::unauthenticated(BAD_REFRESH));
             }
             RefreshVerdict::Revoked | RefreshVerdict::Expired => return Err(Status::unauthenticated(BAD_REFRESH)),
@@ -171,14 +182,22 @@ impl pb::auth_service_server::AuthService for AuthApi {
         let user_id =
             Uuid::parse_str(&claims.sub).map_err(|_| Status::unauthenticated("token subject is not a user id"))?;
         // Durable part first: once the family is revoked no new tokens come from it.
-        if let Ok(family_id) = Uuid::parse_str(&claims.fam) {
+        let family_id = Uuid::parse_str(&claims.fam).ok();
+        if let Some(family_id) = family_id {
             let mut conn = self.pool.acquire().await.map_err(db_error)?;
             store::revoke_family(&mut conn, family_id, user_id).await.map_err(db_error)?;
         }
-        shopmesh_platform::auth::deny(&self.redis, &self.redis_prefix, &claims.jti, claims.exp).await.map_err(|e| {
-            tracing::error!(error = %e, "denylisting access token failed");
+        let unavailable = |e: fred::error::Error| {
+            tracing::error!(error = %e, "denylisting access tokens failed");
             Status::unavailable("could not revoke the access token; retry")
-        })?;
+        };
+        shopmesh_platform::auth::deny(&self.redis, &self.redis_prefix, &claims.jti, claims.exp)
+            .await
+            .map_err(unavailable)?;
+        // The session's other access tokens (from earlier refreshes) end with it.
+        if let Some(family_id) = family_id {
+            self.deny_session(family_id).await.map_err(unavailable)?;
+        }
         tracing::info!(%user_id, "logged out");
         Ok(Response::new(pb::LogoutResponse {}))
     }

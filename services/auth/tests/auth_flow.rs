@@ -248,6 +248,52 @@ async fn logout_denylists_the_access_token_and_revokes_the_family() {
     h.drop_db().await;
 }
 
+/// Logging out ends the session, not just the token presented: access
+/// tokens from its earlier refreshes stop working too. Other sessions of
+/// the same user carry on.
+#[tokio::test]
+async fn logout_ends_every_access_token_of_the_session() {
+    let h = harness().await;
+    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
+    let first = h.login("ada@example.com", "correct horse").await.unwrap();
+    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let elsewhere = h.login("ada@example.com", "correct horse").await.unwrap();
+
+    let principal = h.verifier.verify(&second.access_token).await.unwrap();
+    let family = principal.claims.fam.clone();
+    let mut req = Request::new(pb::LogoutRequest {});
+    req.extensions_mut().insert(principal);
+    h.api.logout(req).await.unwrap();
+
+    assert!(matches!(h.verifier.verify(&second.access_token).await, Err(AuthError::Revoked)));
+    assert!(matches!(h.verifier.verify(&first.access_token).await, Err(AuthError::Revoked)), "earlier token");
+    h.verifier.verify(&elsewhere.access_token).await.expect("another session is untouched");
+    // Denied for as long as any token of the session could still be accepted.
+    let key = shopmesh_platform::auth::session_denylist_key(&h.api.redis_prefix, &family);
+    let ttl: i64 = h.api.redis.ttl(key).await.unwrap();
+    assert!(ttl >= 900 + shopmesh_platform::auth::LEEWAY_SECS as i64 - 1, "ttl {ttl}");
+    h.drop_db().await;
+}
+
+/// A rotated refresh token coming back means one of its two holders is a
+/// thief: the whole session's access tokens stop working at once, not
+/// when they expire.
+#[tokio::test]
+async fn refresh_reuse_ends_the_sessions_access_tokens() {
+    let h = harness().await;
+    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
+    let first = h.login("ada@example.com", "correct horse").await.unwrap();
+    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let elsewhere = h.login("ada@example.com", "correct horse").await.unwrap();
+    h.verifier.verify(&second.access_token).await.expect("valid before the reuse");
+
+    assert_eq!(h.refresh(&first.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(matches!(h.verifier.verify(&second.access_token).await, Err(AuthError::Revoked)));
+    assert!(matches!(h.verifier.verify(&first.access_token).await, Err(AuthError::Revoked)));
+    h.verifier.verify(&elsewhere.access_token).await.expect("another session is untouched");
+    h.drop_db().await;
+}
+
 #[tokio::test]
 async fn rotation_keeps_old_keys_published_and_signs_with_the_new_one() {
     let h = harness().await;

@@ -146,6 +146,40 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
     assert_eq!(s.post("/v1/auth/refresh", json!({"refreshToken": r2}), None).await.status(), 401);
 }
 
+/// Logout through the gateway ends the session: an access token from
+/// before the last refresh is refused as well, by the gateway and by the
+/// services behind it. A second login of the same user is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_refuses_every_access_token_of_the_session() {
+    let s = Stack::start(|_| {}).await;
+    s.register("carol@example.com").await;
+    let (access1, refresh1) = s.login("carol@example.com", "password-123").await;
+    s.profile(&access1).await;
+    let resp = s.post("/v1/auth/refresh", json!({"refreshToken": refresh1}), None).await;
+    assert_eq!(resp.status(), 200);
+    let access2 = resp.json::<Value>().await.unwrap()["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    let (elsewhere, _) = s.login("carol@example.com", "password-123").await;
+
+    assert_eq!(s.post("/v1/auth/logout", json!({}), Some(&access2)).await.status(), 200);
+    for (what, token) in [("the token logged out with", &access2), ("an earlier token of the session", &access1)] {
+        let (status, body) = error_body(s.get("/v1/users/me", Some(token.as_str())).await).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        let err = user_client(&s).get_me(with_token(shopmesh_user::pb::GetMeRequest {}, token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what} straight to the user service");
+    }
+    assert_eq!(s.get("/v1/users/me", Some(&elsewhere)).await.status(), 200, "another session");
+
+    // A reused refresh token ends its session's access tokens the same way.
+    let (access3, refresh3) = s.login("carol@example.com", "password-123").await;
+    let resp = s.post("/v1/auth/refresh", json!({"refreshToken": refresh3}), None).await;
+    let access4 = resp.json::<Value>().await.unwrap()["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(s.post("/v1/auth/refresh", json!({"refreshToken": refresh3}), None).await.status(), 401);
+    for token in [&access3, &access4] {
+        assert_eq!(s.get("/v1/users/me", Some(token.as_str())).await.status(), 401, "after the reuse");
+    }
+    assert_eq!(s.get("/v1/users/me", Some(&elsewhere)).await.status(), 200, "another session");
+}
+
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
 }
