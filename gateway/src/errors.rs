@@ -8,6 +8,7 @@ use http::{HeaderValue, StatusCode, header};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 /// grpc-gateway's `HTTPStatusFromCode`.
 pub fn http_status(code: Code) -> StatusCode {
@@ -91,6 +92,12 @@ impl ApiError {
             && let Ok(rpc) = RpcStatus::decode(status.details())
         {
             e.details = rpc.details.iter().map(|any| any_to_json(any, pool)).collect();
+        }
+        // An upstream saying when to retry (RetryInfo) says it to HTTP
+        // clients too, in whole seconds rounded up.
+        if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            e.headers.push((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
         }
         e
     }
@@ -220,5 +227,16 @@ mod tests {
         assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.protobuf.Duration");
         assert_eq!(body["details"][0]["value"], "3s");
         assert_eq!(body["details"][1]["value"], "AQI=");
+    }
+
+    #[test]
+    fn an_upstream_retry_delay_becomes_retry_after() {
+        let pool = DescriptorPool::global();
+        let busy = shopmesh_platform::grpc::busy("busy", std::time::Duration::from_millis(1500));
+        let e = ApiError::from_status(&busy, &pool);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.headers.iter().any(|(n, v)| n == header::RETRY_AFTER && v == "2"), "{:?}", e.headers);
+        let plain = ApiError::from_status(&tonic::Status::unavailable("down"), &pool);
+        assert!(plain.headers.is_empty());
     }
 }

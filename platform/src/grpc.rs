@@ -68,6 +68,13 @@ pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
     )
 }
 
+/// Refuses a call the service is too busy to take now: `Unavailable` (the
+/// client may retry) with a `RetryInfo` saying when, which the gateway
+/// turns into `Retry-After`.
+pub fn busy(message: impl Into<String>, retry_after: Duration) -> Status {
+    Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(retry_after)))
+}
+
 /// Logs an unexpected error with its detail and returns an opaque `Internal`.
 pub fn internal(context: &str, error: impl std::fmt::Display) -> Status {
     tracing::error!(error = %error, "{context}");
