@@ -29,6 +29,7 @@ pub type UserClient =
 pub struct OrderApi {
     pub pool: PgPool,
     pub outbox: Outbox,
+    pub backlog: std::sync::Arc<crate::backlog::Backlog>,
     pub cart: CartClient,
     pub catalog: CatalogClient,
     pub users: UserClient,
@@ -306,6 +307,8 @@ impl pb::order_service_server::OrderService for OrderApi {
         {
             return Ok(replay);
         }
+        // After the replay: a retry of a placed order still gets its order.
+        self.backlog.admit()?;
 
         let shipping = self.resolve_shipping(&req, checkout.shipping).await?;
         let PricedCart { lines, total, cart_version } = self.price_cart(&req).await?;

@@ -1,6 +1,7 @@
 //! Order service: checkout, order queries and cancellation, and the order's
 //! part of the choreographed checkout saga.
 
+pub mod backlog;
 pub mod domain;
 pub mod events;
 mod grpc;
@@ -59,6 +60,13 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
             Duration::from_millis(10)..=Duration::from_secs(60),
         )?,
     };
+    // Late: pending for a while no healthy saga takes, and well within the
+    // timeout. 0 as the limit turns admission control off.
+    let late_after = Duration::from_secs(10).min(sweep.pending_timeout / 2);
+    let backlog = backlog::Backlog::new(
+        cfg.parse_or("CHECKOUT_BACKLOG_LIMIT", 50u32)?.into(),
+        cfg.millis_within("CHECKOUT_BACKLOG_AGE_MS", late_after, Duration::ZERO..=sweep.pending_timeout)?,
+    );
     let cart = channel(&cfg.require("CART_URL")?)?;
     let catalog = channel(&cfg.require("CATALOG_URL")?)?;
     let users = channel(&cfg.require("USER_URL")?)?;
@@ -73,10 +81,13 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     });
     let (pool, stop) = (rt.pool().clone(), rt.shutdown().clone());
     rt.spawn_task(events::run_sweeper(pool, outbox.clone(), sweep, stop));
+    let (pool, stop) = (rt.pool().clone(), rt.shutdown().clone());
+    rt.spawn_task(backlog.clone().run_counter(pool, stop));
 
     let api = grpc::OrderApi {
         pool: rt.pool().clone(),
         outbox,
+        backlog,
         cart: shopmesh_cart::pb::cart_service_client::CartServiceClient::with_interceptor(cart, TracePropagation),
         catalog: shopmesh_catalog::pb::catalog_service_client::CatalogServiceClient::with_interceptor(
             catalog,

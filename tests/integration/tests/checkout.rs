@@ -291,6 +291,66 @@ async fn a_payment_captured_after_the_order_was_cancelled_is_refunded() {
     assert_eq!((payments.len(), &payments[0]["status"]), (1, &json!("PAYMENT_STATUS_REFUNDED")), "charged once");
 }
 
+/// While orders pile up unsettled (payment is down here), checkout refuses
+/// new ones at once with a 503 that says when to retry, instead of queueing
+/// them behind the backlog toward the pending timeout. A retry of an order
+/// already placed still gets its order, and once the backlog settles
+/// checkout takes orders again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkout_refuses_new_orders_while_the_saga_is_behind_then_takes_them_again() {
+    let shop = Shop::start(
+        |env| {
+            env.set("CHECKOUT_BACKLOG_LIMIT", "2");
+            env.set("CHECKOUT_BACKLOG_AGE_MS", "0");
+        },
+        false,
+    )
+    .await;
+    let mug = shop.product("MUG-9", 800, 20).await;
+    let ann = shop.customer("ann@shop.test").await;
+    let ben = shop.customer("ben@shop.test").await;
+    shop.add_to_cart(&ann, &mug, 1).await;
+    shop.add_to_cart(&ben, &mug, 1).await;
+    let body = json!({"paymentToken": "tok_visa", "shippingAddress": address()});
+    let placed = shop.checkout_with_key(&ann, "ann-1", &body).await;
+    assert_eq!(placed.status(), 200);
+    let first = placed.json::<Value>().await.unwrap()["order"]["id"].as_str().unwrap().to_owned();
+    shop.checkout(&ann, "tok_visa").await;
+    let (order, _) = shop.order.as_ref().unwrap();
+    let metrics = format!("http://{}/metrics", order.http_addr);
+    eventually("both orders counted as waiting", SAGA, || async {
+        let text = shop.http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.lines().any(|l| l == "orders_pending_late 2").then_some(())
+    })
+    .await;
+
+    let refused = shop.send(reqwest::Method::POST, "/v1/orders", &ben, Some(body.clone())).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let err: Value = refused.json().await.unwrap();
+    assert_eq!(err["code"], 14, "{err}");
+    assert!(err["message"].as_str().unwrap().starts_with("checkout is busy"), "{err}");
+    let replay = shop.checkout_with_key(&ann, "ann-1", &body).await;
+    assert_eq!(replay.status(), 200, "a placed order's retry is answered while busy");
+    assert_eq!(replay.json::<Value>().await.unwrap()["order"]["id"], first.as_str());
+    let bens = shop.ok(reqwest::Method::GET, "/v1/orders", &ben, None).await;
+    assert!(bens["orders"].as_array().is_none_or(Vec::is_empty), "nothing placed: {bens}");
+
+    // Payment is back: the backlog settles and checkout opens again.
+    let _payment = shop.env.launch(&shopmesh_payment::SERVICE).await;
+    assert_eq!(shop.final_order(&ann, &first).await["status"], "ORDER_STATUS_CONFIRMED");
+    let id = eventually("checkout open again", SAGA, || async {
+        let resp = shop.send(reqwest::Method::POST, "/v1/orders", &ben, Some(body.clone())).await;
+        match resp.status().as_u16() {
+            503 => None,
+            200 => Some(resp.json::<Value>().await.unwrap()["order"]["id"].as_str().unwrap().to_owned()),
+            other => panic!("checkout answered {other}: {}", resp.text().await.unwrap()),
+        }
+    })
+    .await;
+    assert_eq!(shop.final_order(&ben, &id).await["status"], "ORDER_STATUS_CONFIRMED");
+}
+
 /// A primary that is down sends the charge to the secondary and, after
 /// five outages, opens its breaker (seen in /metrics); a primary that took
 /// the charge but never answered is asked again, not bypassed, so the
