@@ -165,14 +165,16 @@ pub async fn deny(redis: &Client, prefix: &str, jti: &str, until_unix: i64) -> R
 
 /// Denies every access token of session `family`, including those issued
 /// by earlier refreshes and any a thief holds. All were issued before now,
-/// so none outlives `access_ttl` (plus the leeway) from now.
+/// so none outlives `access_ttl` (plus the leeway, plus a second for `exp`
+/// being whole seconds) from now, as long as the issuer's TTL was not
+/// longer when they were issued.
 pub async fn deny_session(
     redis: &Client,
     prefix: &str,
     family: &str,
     access_ttl: Duration,
 ) -> Result<(), fred::error::Error> {
-    let ttl = access_ttl.as_secs().saturating_add(LEEWAY_SECS).clamp(1, i64::MAX as u64) as i64;
+    let ttl = access_ttl.as_secs().saturating_add(LEEWAY_SECS + 1).min(i64::MAX as u64) as i64;
     redis.set::<(), _, _>(session_denylist_key(prefix, family), "1", Some(Expiration::EX(ttl)), None, false).await
 }
 

@@ -78,6 +78,16 @@ impl AuthApi {
         shopmesh_platform::auth::deny_session(&self.redis, &self.redis_prefix, &family, self.tokens.access_ttl()).await
     }
 
+    /// `deny_session` where the caller is refused either way: a failure is
+    /// logged and counted (`auth_session_deny_failures_total`, worth an
+    /// alert: a thief's access tokens live on until they expire).
+    async fn deny_session_unattended(&self, family_id: Uuid) {
+        if let Err(e) = self.deny_session(family_id).await {
+            tracing::error!(%family_id, error = %e, "denying a revoked session's access tokens failed");
+            metrics::counter!("auth_session_deny_failures_total").increment(1);
+        }
+    }
+
     /// Issues an access token and a new refresh token of `family_id` inside
     /// `tx`. Signing happens before the caller commits, so a signing failure
     /// never consumes the presented refresh token.
@@ -159,12 +169,16 @@ impl pb::auth_service_server::AuthService for AuthApi {
                 tracing::warn!(user_id = %stored.user_id, family_id = %stored.family_id, "refresh token reused; family revoked");
                 // One of the two holders is a thief: the access tokens both
                 // hold stop working too, not only the refresh tokens.
-                if let Err(e) = self.deny_session(stored.family_id).await {
-                    tracing::error!(family_id = %stored.family_id, error = %e, "denying a reused session's access tokens failed");
-                }
+                self.deny_session_unattended(stored.family_id).await;
                 return Err(Status::unauthenticated(BAD_REFRESH));
             }
-            RefreshVerdict::Revoked | RefreshVerdict::Expired => return Err(Status::unauthenticated(BAD_REFRESH)),
+            RefreshVerdict::Revoked => {
+                // Denied again each time a dead session's token comes back,
+                // in case Redis missed it when the session was revoked.
+                self.deny_session_unattended(stored.family_id).await;
+                return Err(Status::unauthenticated(BAD_REFRESH));
+            }
+            RefreshVerdict::Expired => return Err(Status::unauthenticated(BAD_REFRESH)),
         }
         store::mark_used(&mut tx, &hash).await.map_err(db_error)?;
         let roles = store::roles_of(&mut tx, stored.user_id)
@@ -191,13 +205,14 @@ impl pb::auth_service_server::AuthService for AuthApi {
             tracing::error!(error = %e, "denylisting access tokens failed");
             Status::unavailable("could not revoke the access token; retry")
         };
-        shopmesh_platform::auth::deny(&self.redis, &self.redis_prefix, &claims.jti, claims.exp)
-            .await
-            .map_err(unavailable)?;
-        // The session's other access tokens (from earlier refreshes) end with it.
+        // The session first: it covers the presented token too, so a retry
+        // after a failure here is still let in to finish the job.
         if let Some(family_id) = family_id {
             self.deny_session(family_id).await.map_err(unavailable)?;
         }
+        shopmesh_platform::auth::deny(&self.redis, &self.redis_prefix, &claims.jti, claims.exp)
+            .await
+            .map_err(unavailable)?;
         tracing::info!(%user_id, "logged out");
         Ok(Response::new(pb::LogoutResponse {}))
     }

@@ -294,6 +294,25 @@ async fn refresh_reuse_ends_the_sessions_access_tokens() {
     h.drop_db().await;
 }
 
+/// A revoked session whose deny never reached Redis (or was lost with it)
+/// is denied again the next time one of its refresh tokens comes back.
+#[tokio::test]
+async fn a_revoked_sessions_refresh_token_coming_back_denies_its_access_tokens_again() {
+    let h = harness().await;
+    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
+    let first = h.login("ada@example.com", "correct horse").await.unwrap();
+    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let family = h.verifier.verify(&second.access_token).await.unwrap().claims.fam;
+    assert_eq!(h.refresh(&first.refresh_token).await.unwrap_err().code(), Code::Unauthenticated, "reuse");
+
+    let key = shopmesh_platform::auth::session_denylist_key(&h.api.redis_prefix, &family);
+    let _: i64 = h.api.redis.del(&key).await.unwrap();
+    h.verifier.verify(&second.access_token).await.expect("the deny is gone");
+    assert_eq!(h.refresh(&second.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(matches!(h.verifier.verify(&second.access_token).await, Err(AuthError::Revoked)));
+    h.drop_db().await;
+}
+
 #[tokio::test]
 async fn rotation_keeps_old_keys_published_and_signs_with_the_new_one() {
     let h = harness().await;
