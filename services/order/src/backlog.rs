@@ -5,9 +5,10 @@
 //! A healthy saga settles an order in well under a second, so orders still
 //! PENDING after `age` mean it is behind (or stuck: payment down, say).
 //! While `limit` of them wait, new checkouts are refused at once
-//! (`Unavailable`, retry shortly; HTTP 503 with `Retry-After`), and those
-//! already placed keep a wait of about `age`. A few stuck orders, fewer
-//! than `limit`, refuse nobody.
+//! (`Unavailable`, retry shortly; HTTP 503 with `Retry-After`) and the
+//! queue stops growing: an order placed waits about `age` plus the time
+//! the late ones ahead of it take to settle, instead of ever longer. A few
+//! stuck orders, fewer than `limit`, refuse nobody.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -60,12 +60,17 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
             Duration::from_millis(10)..=Duration::from_secs(60),
         )?,
     };
-    // Late: pending for a while no healthy saga takes, and well within the
-    // timeout. 0 as the limit turns admission control off.
-    let late_after = Duration::from_secs(10).min(sweep.pending_timeout / 2);
+    // Late: pending for a while no healthy saga takes. At most half the
+    // timeout, so what is admitted keeps time to settle before it. 0 as the
+    // limit turns admission control off.
+    let most_late = sweep.pending_timeout / 2;
     let backlog = backlog::Backlog::new(
         cfg.parse_or("CHECKOUT_BACKLOG_LIMIT", 50u32)?.into(),
-        cfg.millis_within("CHECKOUT_BACKLOG_AGE_MS", late_after, Duration::ZERO..=sweep.pending_timeout)?,
+        cfg.millis_within(
+            "CHECKOUT_BACKLOG_AGE_MS",
+            Duration::from_secs(10).min(most_late),
+            Duration::ZERO..=most_late,
+        )?,
     );
     let cart = channel(&cfg.require("CART_URL")?)?;
     let catalog = channel(&cfg.require("CATALOG_URL")?)?;

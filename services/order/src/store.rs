@@ -418,17 +418,18 @@ pub async fn lock_timed_out(
     .await
 }
 
-/// How many orders have been PENDING for longer than `age`, counted up to
-/// `cap` (the index on pending orders is read no further).
+/// How many orders have been PENDING for longer than `age` by the
+/// database's clock (which stamped them), counted up to `cap` (the index
+/// on pending orders is read no further).
 pub async fn count_pending_older_than(pool: &PgPool, age: std::time::Duration, cap: i64) -> Result<i64, sqlx::Error> {
-    let cutoff = chrono::Duration::from_std(age)
-        .ok()
-        .and_then(|age| Utc::now().checked_sub_signed(age))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM orders WHERE status = 'PENDING' AND created_at < $1 LIMIT $2) late",
+        "SELECT count(*) FROM (
+             SELECT 1 FROM orders
+             WHERE status = 'PENDING' AND created_at < now() - $1 * interval '1 millisecond'
+             LIMIT $2
+         ) late",
     )
-    .bind(cutoff)
+    .bind(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
     .bind(cap)
     .fetch_one(pool)
     .await

@@ -302,6 +302,8 @@ async fn checkout_refuses_new_orders_while_the_saga_is_behind_then_takes_them_ag
         |env| {
             env.set("CHECKOUT_BACKLOG_LIMIT", "2");
             env.set("CHECKOUT_BACKLOG_AGE_MS", "0");
+            // The waiting orders must outlast payment's return and group join.
+            env.set("PENDING_TIMEOUT_MS", "300000");
         },
         false,
     )
