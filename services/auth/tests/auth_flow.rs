@@ -70,6 +70,15 @@ impl Harness {
         Ok(self.api.refresh(Request::new(req)).await?.into_inner().tokens.unwrap())
     }
 
+    /// Ada registered and signed in, her session refreshed once: the
+    /// login's tokens and the refresh's, one family.
+    async fn session_refreshed_once(&self) -> (pb::TokenPair, pb::TokenPair) {
+        self.register("ada@example.com", "correct horse", "Ada").await.unwrap();
+        let first = self.login("ada@example.com", "correct horse").await.unwrap();
+        let second = self.refresh(&first.refresh_token).await.unwrap();
+        (first, second)
+    }
+
     async fn outbox_events(&self) -> Vec<(String, String)> {
         sqlx::query_as("SELECT event_type, event_key FROM outbox ORDER BY seq").fetch_all(&self.pool).await.unwrap()
     }
@@ -254,9 +263,7 @@ async fn logout_denylists_the_access_token_and_revokes_the_family() {
 #[tokio::test]
 async fn logout_ends_every_access_token_of_the_session() {
     let h = harness().await;
-    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
-    let first = h.login("ada@example.com", "correct horse").await.unwrap();
-    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let (first, second) = h.session_refreshed_once().await;
     let elsewhere = h.login("ada@example.com", "correct horse").await.unwrap();
 
     let principal = h.verifier.verify(&second.access_token).await.unwrap();
@@ -281,9 +288,7 @@ async fn logout_ends_every_access_token_of_the_session() {
 #[tokio::test]
 async fn refresh_reuse_ends_the_sessions_access_tokens() {
     let h = harness().await;
-    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
-    let first = h.login("ada@example.com", "correct horse").await.unwrap();
-    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let (first, second) = h.session_refreshed_once().await;
     let elsewhere = h.login("ada@example.com", "correct horse").await.unwrap();
     h.verifier.verify(&second.access_token).await.expect("valid before the reuse");
 
@@ -299,9 +304,7 @@ async fn refresh_reuse_ends_the_sessions_access_tokens() {
 #[tokio::test]
 async fn a_revoked_sessions_refresh_token_coming_back_denies_its_access_tokens_again() {
     let h = harness().await;
-    h.register("ada@example.com", "correct horse", "Ada").await.unwrap();
-    let first = h.login("ada@example.com", "correct horse").await.unwrap();
-    let second = h.refresh(&first.refresh_token).await.unwrap();
+    let (first, second) = h.session_refreshed_once().await;
     let family = h.verifier.verify(&second.access_token).await.unwrap().claims.fam;
     assert_eq!(h.refresh(&first.refresh_token).await.unwrap_err().code(), Code::Unauthenticated, "reuse");
 

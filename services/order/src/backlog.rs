@@ -21,7 +21,7 @@ use tonic::Status;
 use crate::store;
 
 /// How often the backlog is counted (a bounded index read).
-pub const COUNT_INTERVAL: Duration = Duration::from_millis(250);
+const COUNT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What a refused client is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -38,8 +38,8 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    pub fn new(limit: i64, age: Duration) -> Arc<Self> {
-        Arc::new(Self { limit: limit.max(0), age, late: AtomicI64::new(0) })
+    pub fn new(limit: u32, age: Duration) -> Arc<Self> {
+        Arc::new(Self { limit: limit.into(), age, late: AtomicI64::new(0) })
     }
 
     /// Whether a new checkout may be placed now.

@@ -124,7 +124,7 @@ pub enum Transition {
 pub fn decide(status: OrderStatus, payment: PaymentState, input: OrderInput) -> Transition {
     use OrderInput::*;
     use OrderStatus::*;
-    use PaymentState::{Refunded, Unpaid};
+    use PaymentState::{Held, Refunded, Unpaid};
     match (status, input) {
         (Pending, StockReservationFailed) => Transition::Cancel { reason: CancelReason::OutOfStock },
         (Pending, PaymentCaptured) => Transition::Confirm,
@@ -133,10 +133,9 @@ pub fn decide(status: OrderStatus, payment: PaymentState, input: OrderInput) -> 
         (Pending | Confirmed, CustomerCancel) => Transition::Cancel { reason: CancelReason::CustomerRequest },
         // Payment refunds a capture for an order it knows is cancelled; we
         // only record that money arrived late and is on its way back.
-        (Cancelled, PaymentCaptured) if payment == Unpaid => Transition::Note {
-            note: "payment captured after cancellation; refund follows",
-            payment: PaymentState::Held,
-        },
+        (Cancelled, PaymentCaptured) if payment == Unpaid => {
+            Transition::Note { note: "payment captured after cancellation; refund follows", payment: Held }
+        }
         // Replayed out of order (from a dead-letter topic, say), a refund can
         // arrive before its capture: the capture then changes nothing.
         (Confirmed | Cancelled, PaymentRefunded) if payment != Refunded => {

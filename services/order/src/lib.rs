@@ -65,7 +65,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     // limit turns admission control off.
     let most_late = sweep.pending_timeout / 2;
     let backlog = backlog::Backlog::new(
-        cfg.parse_or("CHECKOUT_BACKLOG_LIMIT", 50u32)?.into(),
+        cfg.parse_or("CHECKOUT_BACKLOG_LIMIT", 50u32)?,
         cfg.millis_within(
             "CHECKOUT_BACKLOG_AGE_MS",
             Duration::from_secs(10).min(most_late),
