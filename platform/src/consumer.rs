@@ -80,6 +80,15 @@ pub trait EventHandler: Send + Sync + 'static {
     async fn lock_batch(&self, _tx: &mut PgConnection, _events: &[&ReceivedEvent]) -> Result<(), HandlerError> {
         Ok(())
     }
+
+    /// Called once the transaction that applied `applied` has committed
+    /// (duplicates and skipped events are not among them): the place for
+    /// effects outside Postgres, like a cache refresh, that must never show
+    /// what a rollback undid. The commit stands whatever happens here, so
+    /// failures are the handler's to log. A crash can skip this call: what
+    /// it does must also be repaired some other way (a cache entry removed
+    /// inside the transaction, say). Nothing by default.
+    async fn after_commit(&self, _pool: &PgPool, _applied: &[&ReceivedEvent]) {}
 }
 
 /// An event being applied as part of a set, with its consume span.
@@ -335,6 +344,11 @@ impl EventConsumer {
             }
         }
         tx.commit().await?;
+        let applied: Vec<&ReceivedEvent> =
+            outcomes.iter().filter(|(_, o, _)| matches!(o, Outcome::Applied)).map(|&(e, ..)| e).collect();
+        if !applied.is_empty() {
+            self.handler.after_commit(pool, &applied).await;
+        }
         for (event, outcome, elapsed) in outcomes {
             self.count(event, &outcome, elapsed);
         }
@@ -441,6 +455,7 @@ impl EventConsumer {
         }
         self.handler.handle(&mut tx, event).await?;
         tx.commit().await?;
+        self.handler.after_commit(pool, &[event]).await;
         Ok(true)
     }
 

@@ -109,9 +109,25 @@ impl CartCache {
             }
             Err(e) => {
                 self.failed("put", &e);
-                self.stale.lock().expect("stale set").insert(user_id.to_owned());
+                self.mark_stale(user_id);
             }
         }
+    }
+
+    /// Removes the copy, for a writer that can put the new one back only
+    /// after its commit: until then readers go to Postgres, and a crash in
+    /// between leaves no copy rather than an old one. On failure the user is
+    /// marked stale, as for `put`.
+    pub async fn forget(&self, user_id: &str) {
+        if let Err(e) = self.redis.del::<i64, _>(self.key(user_id)).await {
+            self.failed("forget", &e);
+            self.mark_stale(user_id);
+        }
+    }
+
+    /// Sends the user's reads to Postgres until `repair` puts a copy back.
+    pub fn mark_stale(&self, user_id: &str) {
+        self.stale.lock().expect("stale set").insert(user_id.to_owned());
     }
 
     /// Until shutdown, puts Postgres' copy back for users marked stale, so

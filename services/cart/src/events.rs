@@ -6,7 +6,7 @@
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::pb::events::v1::OrderConfirmed;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::cache::CartCache;
 use crate::store;
@@ -51,11 +51,29 @@ impl EventHandler for CheckoutClearer {
         }
         cart.touch(chrono::Utc::now());
         store::save(tx, &confirmed.user_id, &cart).await?;
-        // Written before the commit (there is no after-commit hook): the new
-        // version wins over any concurrent repopulate of the old cart, and a
-        // rolled-back attempt is redone by the retry.
-        self.cache.put(&confirmed.user_id, &cart).await;
+        // The new copy goes in after the commit (`after_commit`); until then
+        // nobody reads the old one, nor one this transaction may never commit.
+        self.cache.forget(&confirmed.user_id).await;
         tracing::info!(order_id = %confirmed.order_id, user_id = %confirmed.user_id, "ordered lines taken out of the cart");
         Ok(())
+    }
+
+    /// Puts each emptied cart's committed copy back in Redis: its version
+    /// wins over an older copy a reader may have put back meanwhile.
+    async fn after_commit(&self, pool: &PgPool, applied: &[&ReceivedEvent]) {
+        let mut users: Vec<String> =
+            applied.iter().filter_map(|e| e.payload::<OrderConfirmed>().ok()).map(|c| c.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        for user_id in users {
+            match store::load(pool, &user_id).await {
+                Ok(Some(cart)) => self.cache.put(&user_id, &cart).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%user_id, error = %e, "reloading the emptied cart failed; its reads go to postgres");
+                    self.cache.mark_stale(&user_id);
+                }
+            }
+        }
     }
 }

@@ -204,9 +204,14 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
         async move { s.get(&token).await.lines.is_empty().then_some(()) }
     })
     .await;
-    // Postgres agrees (not just the Redis copy). The handler writes the cache
-    // just before its transaction commits; the offset is committed after it.
+    // The handler removes the Redis copy inside its transaction and puts the
+    // committed cart back after the commit; the offset is stored after that.
     s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
+    let cached: String = redis.get(&key).await.unwrap();
+    let (version, json) = cached.split_once('|').expect("<version>|<json>");
+    assert!(version.parse::<i64>().unwrap() > cart.version, "the emptied cart's copy is back: {cached}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(json).unwrap()["lines"], serde_json::json!([]));
+    // Postgres agrees (not just the Redis copy).
     redis.del::<i64, _>(&key).await.unwrap();
     assert!(s.get(&token).await.lines.is_empty());
     drop(s.env);

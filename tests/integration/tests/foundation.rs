@@ -1,15 +1,16 @@
 //! Foundation: the platform runtime serves health, reflection and ops
 //! endpoints; the outbox publishes each event once, re-publishes what a crash
 //! left unmarked, is woken by commits on any replica, and the inbox applies a
-//! redelivered copy only once.
+//! redelivered copy only once; a handler's after-commit step sees only
+//! effects that committed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
 use rdkafka::consumer::Consumer;
-use shopmesh_integration_tests::{TestEnv, drain, eventually};
+use shopmesh_integration_tests::{TestEnv, drain, eventually, publish_raw};
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
@@ -479,4 +480,82 @@ async fn inbox_records_a_batch_in_one_statement_and_names_only_new_events() {
     assert_eq!(new, [seen.event_id].into());
     tx.commit().await.unwrap();
     assert!(shopmesh_platform::inbox::record_all(&mut conn, "probe", &[]).await.unwrap().is_empty());
+}
+
+/// Applies UserRegistered like `CountingHandler`, refusing user "poison"
+/// for good; after each commit it checks, over another connection, that
+/// what it is told about is there for everyone to read.
+struct CommitWatcher {
+    /// (event id, its row visible outside the transaction) per call.
+    told: Mutex<Vec<(uuid::Uuid, bool)>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for CommitWatcher {
+    fn wants(&self, event_type: &str) -> bool {
+        CountingHandler.wants(event_type)
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        if event.payload::<UserRegistered>()?.user_id == "poison" {
+            return Err(HandlerError::Permanent("poison".into()));
+        }
+        CountingHandler.handle(tx, event).await
+    }
+
+    async fn after_commit(&self, pool: &sqlx::PgPool, applied: &[&ReceivedEvent]) {
+        for event in applied {
+            let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
+                .bind(event.event_id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            self.told.lock().unwrap().push((event.event_id, visible == 1));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_committed() {
+    let env = TestEnv::new();
+    let pool = platform_database(&env, "after_commit", 5).await;
+    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+
+    // One key, one partition: the consumer most likely takes all four in
+    // one batch, which the poison rolls back before each is applied alone.
+    let envelope = |user: &str| {
+        let event = UserRegistered { user_id: user.into(), ..Default::default() };
+        shopmesh_platform::events::envelope("test", &event)
+    };
+    let (first, poison, second) = (envelope("u1"), envelope("poison"), envelope("u2"));
+    for e in [&first, &poison, &first, &second] {
+        publish_raw(&kafka, topics::USER, "watched", &e.encode_to_vec()).await;
+    }
+    let watcher = Arc::new(CommitWatcher { told: Mutex::default() });
+    let consumer = EventConsumer {
+        name: "probe".into(),
+        topics: vec![topics::USER],
+        handler: watcher.clone(),
+        pace: Pace::Prompt,
+    };
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+
+    let id = |e: &shopmesh_platform::pb::events::v1::EventEnvelope| e.id.parse::<uuid::Uuid>().unwrap();
+    eventually("both good events applied", Duration::from_secs(30), || {
+        let told = watcher.told.lock().unwrap().len();
+        async move { (told >= 2).then_some(()) }
+    })
+    .await;
+    // Anything late (a duplicate, the dead-lettered poison) would show by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut told = watcher.told.lock().unwrap().clone();
+    told.sort();
+    let mut expected = vec![(id(&first), true), (id(&second), true)];
+    expected.sort();
+    assert_eq!(told, expected, "each applied event once, its effect committed; the poison and the duplicate never");
 }
