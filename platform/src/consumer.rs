@@ -2,7 +2,8 @@
 //! check and handler effect in ONE transaction → store the offset (committed
 //! to the broker in the background, every `commit_interval`). Messages that
 //! arrived together share that transaction (one commit for the batch); a
-//! message that keeps failing goes to `<topic>.dlq` with the error recorded.
+//! message that keeps failing goes to `<topic>.dlq` with the error recorded,
+//! while one the database is down for waits until it is back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,14 @@ use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Worth another attempt (database hiccup, dependency down).
+    /// The database is unreachable or overloaded: nothing is wrong with the
+    /// message, so it is tried again, with back-off, until the database is
+    /// back, and never dead-lettered (an outage would otherwise drop every
+    /// saga step in flight). Its partition waits meanwhile.
+    #[error("{0}")]
+    Transient(String),
+    /// Worth a few more attempts (a dependency down, a failure that may
+    /// pass); dead-lettered after `KAFKA_MAX_ATTEMPTS`.
     #[error("{0}")]
     Retryable(String),
     /// Will never succeed (malformed payload, broken invariant): dead-letter now.
@@ -33,7 +41,19 @@ pub enum HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Retryable(e.to_string())
+        if crate::db::is_transient(&e) {
+            HandlerError::Transient(e.to_string())
+        } else {
+            HandlerError::Retryable(e.to_string())
+        }
+    }
+}
+
+impl HandlerError {
+    /// Not getting a transaction at all is never the message's fault
+    /// (whatever the server said: not accepting connections, too many, auth).
+    fn no_transaction(e: sqlx::Error) -> Self {
+        HandlerError::Transient(format!("no database transaction: {e}"))
     }
 }
 
@@ -291,7 +311,7 @@ impl EventConsumer {
             }
             return Ok(());
         }
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin().await.map_err(HandlerError::no_transaction)?;
         let mut fresh = crate::inbox::record_all(&mut tx, &self.name, &wanted).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut to_apply = Vec::with_capacity(batch.len());
@@ -419,8 +439,11 @@ impl EventConsumer {
         shutdown: &Shutdown,
     ) -> Outcome {
         let max = kafka.config.max_attempts.max(1);
+        // Attempts that count toward the dead-letter topic: a database
+        // outage doesn't, however long it lasts.
+        let mut attempts = 0;
         let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=max {
+        loop {
             match self.apply(pool, event).await {
                 Ok(true) => return Outcome::Applied,
                 Ok(false) => {
@@ -428,27 +451,33 @@ impl EventConsumer {
                     return Outcome::Duplicate;
                 }
                 Err(HandlerError::Permanent(e)) => {
-                    return self.dead_letter(kafka, msg, &e, attempt, shutdown).await;
-                }
-                Err(HandlerError::Retryable(e)) if attempt == max => {
-                    return self.dead_letter(kafka, msg, &e, attempt, shutdown).await;
+                    return self.dead_letter(kafka, msg, &e, attempts + 1, shutdown).await;
                 }
                 Err(HandlerError::Retryable(e)) => {
-                    tracing::warn!(event_id = %event.event_id, attempt, error = %e, "handler failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait() => return Outcome::Interrupted,
+                    attempts += 1;
+                    if attempts >= max {
+                        return self.dead_letter(kafka, msg, &e, attempts, shutdown).await;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(event_id = %event.event_id, attempt = attempts, error = %e, "handler failed; retrying");
+                }
+                Err(HandlerError::Transient(e)) => {
+                    metrics::counter!("consumer_transient_failures_total", "consumer" => self.name.clone())
+                        .increment(1);
+                    tracing::warn!(event_id = %event.event_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "database unavailable; retrying until it is back");
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait() => return Outcome::Interrupted,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        unreachable!("the last attempt always returns")
     }
 
     /// Inbox row + effect in one transaction. `Ok(false)`: already applied.
     async fn apply(&self, pool: &PgPool, event: &ReceivedEvent) -> Result<bool, HandlerError> {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin().await.map_err(HandlerError::no_transaction)?;
         if !crate::inbox::record(&mut tx, &self.name, event).await? {
             tx.rollback().await?;
             return Ok(false);

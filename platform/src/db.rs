@@ -45,6 +45,34 @@ async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool,
         .await
 }
 
+/// Whether `e` says the database could not be reached or could not run the
+/// statement just now (connection lost or refused, server shutting down or
+/// out of resources, serialization failure, deadlock, lock timeout), rather
+/// than that the statement or its data is wrong: the same work may succeed
+/// once the database is back, however long that takes.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a database that is unreachable, overloaded or restarting,
+/// or of a transaction that lost a race: 08 connection exception,
+/// 40001/40P01 serialization failure and deadlock, 53 insufficient resources,
+/// 55P03 lock not available, 57P01-57P05 shutdown and crash recovery
+/// (not 57014, a statement cancelled by its own timeout), 58 system error.
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57P04" | "57P05")
+        || ["08", "53", "58"].iter().any(|class| code.starts_with(class))
+}
+
 /// Runs the platform's migrations, then the service's.
 pub async fn migrate(pool: &PgPool, service: Option<&Migrator>) -> Result<(), sqlx::migrate::MigrateError> {
     platform_migrator().run(pool).await?;
@@ -65,4 +93,23 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_transient_and_a_wrong_statement_is_not() {
+        for code in ["08006", "08001", "40001", "40P01", "53300", "55P03", "57P01", "57P03", "58030"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        // unique violation, bad input, undefined table, statement timeout
+        for code in ["23505", "22P02", "42P01", "57014", "55000"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
 }

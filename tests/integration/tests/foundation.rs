@@ -559,3 +559,60 @@ async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_commi
     expected.sort();
     assert_eq!(told, expected, "each applied event once, its effect committed; the poison and the duplicate never");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
+    let env = TestEnv::new(); // KAFKA_MAX_ATTEMPTS=3: dead-lettered within a second, if counted
+    let pool = platform_database(&env, "outage", 2).await;
+    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let dlq = env.observer(&kafka.config.topic(&topics::dlq(topics::USER)));
+
+    // The database goes away: new sessions refused, the pool's ended.
+    let name = format!("t{}_outage", env.id);
+    let admin = shopmesh_platform::db::connect(&format!("{}/postgres", shopmesh_platform::testing::postgres_url()), 1)
+        .await
+        .unwrap();
+    let allow = |on: bool| sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS {on}"));
+    sqlx::query(allow(false)).execute(&admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let event = UserRegistered { user_id: "patient".into(), ..Default::default() };
+    let envelope = shopmesh_platform::events::envelope("test", &event);
+    publish_raw(&kafka, topics::USER, "patient", &envelope.encode_to_vec()).await;
+    let consumer = EventConsumer {
+        name: "probe".into(),
+        topics: vec![topics::USER],
+        handler: Arc::new(CountingHandler),
+        pace: Pace::Prompt,
+    };
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+
+    // Well past three attempts' back-off (and the group join), still down.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sqlx::query(allow(true)).execute(&admin).await.unwrap();
+    let id: uuid::Uuid = envelope.id.parse().unwrap();
+    eventually("applied once the database is back", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let dead = drain(&dlq, Duration::from_secs(1), Duration::from_secs(1)).await;
+    assert!(dead.is_empty(), "nothing dead-lettered during the outage");
+    dlq.unsubscribe();
+}
