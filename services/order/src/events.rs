@@ -175,13 +175,8 @@ pub async fn run_sweeper(pool: PgPool, outbox: Outbox, config: SweepConfig, shut
 
 /// One sweep: cancels up to a batch of timed-out orders; returns how many.
 pub async fn cancel_timed_out(pool: &PgPool, outbox: &Outbox, timeout: Duration) -> Result<usize, sqlx::Error> {
-    // A timeout reaching before the calendar's start times nothing out.
-    let Some(cutoff) = chrono::Duration::from_std(timeout).ok().and_then(|t| chrono::Utc::now().checked_sub_signed(t))
-    else {
-        return Ok(0);
-    };
     let mut tx = pool.begin().await?;
-    let ids = store::lock_timed_out(&mut tx, cutoff, 100).await?;
+    let ids = store::lock_timed_out(&mut tx, timeout, 100).await?;
     for id in &ids {
         advance(&mut tx, outbox, *id, OrderInput::TimedOut).await?;
     }

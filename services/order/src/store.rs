@@ -402,17 +402,18 @@ pub async fn apply_change(
     Ok(())
 }
 
-/// PENDING orders older than `cutoff`, locked; replicas skip each other's.
+/// PENDING orders older than `timeout` by the database's clock (which
+/// stamped them), locked; replicas skip each other's.
 pub async fn lock_timed_out(
     conn: &mut PgConnection,
-    cutoff: DateTime<Utc>,
+    timeout: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM orders WHERE status = 'PENDING' AND created_at < $1
+        "SELECT id FROM orders WHERE status = 'PENDING' AND created_at < now() - $1 * interval '1 millisecond'
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
-    .bind(cutoff)
+    .bind(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(conn)
     .await
