@@ -90,8 +90,8 @@ impl SagaHandler {
             // An attempt before the cancellation was journaled: whatever it
             // took is settled as for any cancelled order (refunded, or asked
             // about again later), and nothing is charged.
-            OnReserved::DeclineCancelled if !known.attempted.is_empty() => {
-                let unrecorded = Unrecorded { order_id, user_id: &reserved.user_id, attempted: &known.attempted };
+            OnReserved::DeclineCancelled if !known.may_hold.is_empty() => {
+                let unrecorded = Unrecorded { order_id, user_id: &reserved.user_id, may_hold: &known.may_hold };
                 return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
             }
             OnReserved::DeclineCancelled => {
@@ -116,7 +116,7 @@ impl SagaHandler {
             return Ok(Outcome::Declined { provider: String::new(), reason: domain::REASON_INVALID_AMOUNT.into() });
         };
         let key = payment.order_id.to_string();
-        if let Some((provider, charge)) = earlier_capture(&self.router, payment.order_id, &known.attempted).await? {
+        if let Some((provider, charge)) = earlier_capture(&self.router, payment.order_id, &known.may_hold).await? {
             tracing::warn!(order_id = %key, %provider, "taking over a capture an unrecorded attempt made");
             return Ok(Outcome::Captured {
                 provider,
@@ -156,7 +156,7 @@ impl SagaHandler {
         store::record_cancellation(tx, order_id, reason).await?;
         let known = store::order_payment(tx, order_id).await?;
         let Some(payment) = known.payment else {
-            let unrecorded = Unrecorded { order_id, user_id: &cancelled.user_id, attempted: &known.attempted };
+            let unrecorded = Unrecorded { order_id, user_id: &cancelled.user_id, may_hold: &known.may_hold };
             return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
@@ -171,15 +171,15 @@ impl SagaHandler {
     }
 }
 
-/// A capture held by one of the providers journaled (`attempted`) for
-/// `order_id`. A journaled provider that cannot answer may hold money:
-/// retry rather than guess.
+/// A capture held by one of the providers that may hold one (`may_hold`)
+/// for `order_id`. One that cannot answer may hold money: retry rather than
+/// guess.
 async fn earlier_capture(
     router: &Router,
     order_id: Uuid,
-    attempted: &[String],
+    may_hold: &[String],
 ) -> Result<Option<(String, crate::provider::Charge)>, HandlerError> {
-    for provider in attempted {
+    for provider in may_hold {
         match router.find_charge(provider, &order_id.to_string()).await {
             Ok(Some(charge)) => return Ok(Some((provider.clone(), charge))),
             Ok(None) => {}
@@ -205,8 +205,8 @@ struct Refunds<'a> {
 struct Unrecorded<'a> {
     order_id: Uuid,
     user_id: &'a str,
-    /// Providers journaled as asked to charge it.
-    attempted: &'a [String],
+    /// Providers journaled as asked to charge it that did not refuse.
+    may_hold: &'a [String],
 }
 
 impl Refunds<'_> {
@@ -222,7 +222,7 @@ impl Refunds<'_> {
         unanswered: i32,
     ) -> Result<(), HandlerError> {
         let order_id = order.order_id;
-        let found = match earlier_capture(self.router, order_id, order.attempted).await {
+        let found = match earlier_capture(self.router, order_id, order.may_hold).await {
             Ok(found) => found,
             Err(HandlerError::Retryable(why)) => {
                 let attempts = unanswered.saturating_add(1);
@@ -258,8 +258,11 @@ impl Refunds<'_> {
     /// Asks the provider to give `payment`'s money back and records the
     /// answer in `tx`: refunded (with `PaymentRefunded`), or, when the
     /// provider could not take the request, still owed and asked again after
-    /// a back-off. A provider refusing outright is `Permanent`: money we
-    /// hold but cannot return needs a person.
+    /// a back-off. A provider refusing outright (a disputed charge, say)
+    /// leaves it owed too, with the refusal recorded and asked about hourly:
+    /// money we hold but cannot return needs a person, and the owed refund
+    /// keeps it in sight (`payment_refunds_pending`, `refund_error`) where a
+    /// dead-lettered event would also have undone the cancellation it came with.
     async fn attempt(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
         let amount = store::amount(payment)
             .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
@@ -282,7 +285,12 @@ impl Refunds<'_> {
                 Ok(())
             }
             Err(ProviderError::Declined(why)) => {
-                Err(HandlerError::Permanent(format!("refund of payment {} refused: {why}", payment.id)))
+                let why = format!("refund refused: {why}");
+                store::defer_refund(tx, payment, &why, REFUSED_REFUND_RETRY).await?;
+                metrics::counter!("payment_refunds_refused_total", "provider" => payment.provider.clone()).increment(1);
+                tracing::error!(order_id = %payment.order_id, payment_id = %payment.id, error = %why,
+                    "the provider refuses a refund we owe; a person must look at it");
+                Ok(())
             }
         }
     }
@@ -295,6 +303,9 @@ pub struct RefundRetrier {
     pub outbox: Outbox,
     pub first_retry: Duration,
 }
+
+/// How often a refund the provider refused outright is asked for again.
+const REFUSED_REFUND_RETRY: Duration = Duration::from_secs(3600);
 
 /// How many owed refunds one pass takes on (each is one provider call).
 const REFUNDS_PER_PASS: i64 = 20;
@@ -317,11 +328,11 @@ impl RefundRetrier {
             match refunds.attempt(&mut tx, payment).await {
                 Ok(()) => {}
                 Err(HandlerError::Permanent(why)) => {
-                    // Nobody to dead-letter to here: keep it owed and visible
-                    // (payment_refunds_pending), asking again hourly.
+                    // An amount no provider can take. Nobody to dead-letter
+                    // to here: keep it owed and visible, asking again hourly.
                     tracing::error!(order_id = %payment.order_id, payment_id = %payment.id, error = %why,
-                        "the provider refuses a refund we owe; a person must look at it");
-                    store::defer_refund(&mut tx, payment, &why, Duration::from_secs(3600)).await?;
+                        "a refund we owe cannot be asked for; a person must look at it");
+                    store::defer_refund(&mut tx, payment, &why, REFUSED_REFUND_RETRY).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -332,33 +343,52 @@ impl RefundRetrier {
 
     /// One pass over the cancelled orders waiting to learn whether a silent
     /// provider holds their money; returns how many were asked. Each runs in
-    /// its own transaction under the order's lock, as the consumer does.
+    /// its own transaction under the order's lock, as the consumer does. One
+    /// that can never be settled is put off an hour, so it cannot hold up
+    /// the checks behind it.
     pub async fn check_due_captures(&self) -> Result<usize, HandlerError> {
         let due = store::due_capture_checks(&self.pool, REFUNDS_PER_PASS).await?;
-        let refunds = self.refunds();
         for check in &due {
+            let attempts = check.attempts.saturating_add(1);
+            let (why, retry_in) = match self.check_capture(check).await {
+                Ok(()) => continue,
+                // The database is down: so is every other check.
+                Err(e @ HandlerError::Transient(_)) => return Err(e),
+                Err(HandlerError::Retryable(why)) => {
+                    (why, domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry))
+                }
+                Err(HandlerError::Permanent(why)) => (why, REFUSED_REFUND_RETRY),
+            };
+            tracing::error!(order_id = %check.order_id, error = %why, retry_in_ms = retry_in.as_millis() as u64,
+                "a cancelled order's capture check failed; a person may need to look at it");
             let mut tx = self.pool.begin().await?;
-            store::lock_order(&mut tx, check.order_id).await?;
-            if !store::take_capture_check(&mut tx, check.order_id).await? {
-                continue;
-            }
-            let known = store::order_payment(&mut tx, check.order_id).await?;
-            match known.payment {
-                None => {
-                    let user_id = check.user_id.to_string();
-                    let unrecorded =
-                        Unrecorded { order_id: check.order_id, user_id: &user_id, attempted: &known.attempted };
-                    refunds.settle_unrecorded_capture(&mut tx, unrecorded, check.attempts).await?;
-                }
-                // Recorded meanwhile (a declined reservation, or the capture
-                // itself): that payment's own path answers for it.
-                Some(payment) => {
-                    tracing::info!(order_id = %check.order_id, status = %payment.status, "capture check: the order has a payment now");
-                }
-            }
-            self.outbox.commit(tx).await?;
+            store::owe_capture_check(&mut tx, check.order_id, check.user_id, attempts, &why, retry_in).await?;
+            tx.commit().await?;
         }
         Ok(due.len())
+    }
+
+    async fn check_capture(&self, check: &store::CaptureCheck) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        store::lock_order(&mut tx, check.order_id).await?;
+        if !store::take_capture_check(&mut tx, check.order_id).await? {
+            return Ok(());
+        }
+        let known = store::order_payment(&mut tx, check.order_id).await?;
+        match known.payment {
+            None => {
+                let user_id = check.user_id.to_string();
+                let unrecorded = Unrecorded { order_id: check.order_id, user_id: &user_id, may_hold: &known.may_hold };
+                self.refunds().settle_unrecorded_capture(&mut tx, unrecorded, check.attempts).await?;
+            }
+            // Recorded meanwhile (a declined reservation, or the capture
+            // itself): that payment's own path answers for it.
+            Some(payment) => {
+                tracing::info!(order_id = %check.order_id, status = %payment.status, "capture check: the order has a payment now");
+            }
+        }
+        self.outbox.commit(tx).await?;
+        Ok(())
     }
 }
 

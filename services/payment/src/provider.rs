@@ -75,7 +75,9 @@ pub trait ChargeJournal: Send + Sync {
 /// `tok_provider_timeout` charges but loses the answer; the secondary charges
 /// both normally. A charge made with `tok_refund_outage` is captured, but
 /// its refund finds the provider unavailable the first
-/// `REFUND_OUTAGE_FAILURES` times it is asked.
+/// `REFUND_OUTAGE_FAILURES` times it is asked; one made with
+/// `tok_refund_refused` is captured and then disputed: every refund of it is
+/// declined (`charge_disputed`).
 pub struct TestProvider {
     name: &'static str,
     down_on_test_token: bool,
@@ -236,6 +238,7 @@ impl ChargeRow {
 /// Refund attempts a `tok_refund_outage` charge fails before one succeeds.
 pub const REFUND_OUTAGE_FAILURES: u32 = 2;
 const REFUND_OUTAGE_MARK: &str = "_refund_outage";
+const REFUND_REFUSED_MARK: &str = "_refund_refused";
 
 impl TestProvider {
     pub fn primary() -> Self {
@@ -270,6 +273,8 @@ impl TestProvider {
             "tok_provider_down" | "tok_provider_timeout" => card("visa ending 4242"),
             "tok_refund_outage" => card("visa ending 4242")
                 .map(|c| Charge { provider_reference: format!("{}{REFUND_OUTAGE_MARK}", c.provider_reference), ..c }),
+            "tok_refund_refused" => card("visa ending 4242")
+                .map(|c| Charge { provider_reference: format!("{}{REFUND_REFUSED_MARK}", c.provider_reference), ..c }),
             "tok_chargeDeclined" => Err(ProviderError::Declined("card_declined".into())),
             "tok_insufficient_funds" => Err(ProviderError::Declined("insufficient_funds".into())),
             _ => Err(ProviderError::Declined("invalid_token".into())),
@@ -304,6 +309,9 @@ impl PaymentProvider for TestProvider {
         // Books in memory don't survive our restarts: trust our own prefix.
         if !provider_reference.starts_with(&format!("{}_ch_", self.name)) {
             return Err(ProviderError::Declined("no_such_charge".into()));
+        }
+        if provider_reference.ends_with(REFUND_REFUSED_MARK) {
+            return Err(ProviderError::Declined("charge_disputed".into()));
         }
         if provider_reference.ends_with(REFUND_OUTAGE_MARK) {
             let mut failures = self.refund_failures.lock().expect("provider map poisoned");

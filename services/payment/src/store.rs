@@ -65,8 +65,10 @@ pub struct OrderPayment {
     /// Its payment, locked until the transaction ends.
     pub payment: Option<PaymentRow>,
     pub cancelled: bool,
-    /// Providers that were asked to charge it, first asked first.
-    pub attempted: Vec<String>,
+    /// Providers asked to charge it that did not refuse outright, first
+    /// asked first: each may hold its money. (A refusal, `Unavailable`, took
+    /// nothing; asking such a provider again would only wait on its outage.)
+    pub may_hold: Vec<String>,
     /// The provider a charge must go to, if any: the latest one asked that
     /// did not refuse outright (see `Router::charge`).
     pub pinned_to: Option<String>,
@@ -80,8 +82,8 @@ pub async fn order_payment(conn: &mut PgConnection, order_id: Uuid) -> Result<Or
         " FROM payments WHERE order_id = $1 FOR UPDATE)
          SELECT p.*,
                 EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1) AS cancelled,
-                ARRAY(SELECT provider FROM charge_attempts WHERE order_id = $1
-                      ORDER BY attempted_at, provider) AS attempted,
+                ARRAY(SELECT provider FROM charge_attempts WHERE order_id = $1 AND NOT refused
+                      ORDER BY attempted_at, provider) AS may_hold,
                 (SELECT provider FROM charge_attempts WHERE order_id = $1 AND NOT refused
                  ORDER BY attempted_at DESC, provider DESC LIMIT 1) AS pinned_to
          FROM (VALUES (1)) AS one LEFT JOIN p ON true"
@@ -96,7 +98,7 @@ pub async fn order_payment(conn: &mut PgConnection, order_id: Uuid) -> Result<Or
     Ok(OrderPayment {
         payment,
         cancelled: row.try_get("cancelled")?,
-        attempted: row.try_get("attempted")?,
+        may_hold: row.try_get("may_hold")?,
         pinned_to: row.try_get("pinned_to")?,
     })
 }

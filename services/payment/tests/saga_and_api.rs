@@ -363,6 +363,94 @@ async fn a_capture_a_silent_provider_may_hold_for_a_cancelled_order_is_asked_abo
 }
 
 #[tokio::test]
+async fn a_refund_the_provider_refuses_stays_owed_and_the_cancellation_stands() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.deliver(&reserved(order, user, "tok_refund_refused", 3000)).await.unwrap();
+    assert_eq!(h.status_of(order).await.as_deref(), Some("CAPTURED"));
+
+    // Disputed: the provider declines the refund. The cancellation is
+    // applied (not dead-lettered, which would undo it) and the refund owed.
+    assert!(h.deliver(&cancelled(order, user, CancelReason::CustomerRequest)).await.unwrap(), "applied");
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUND_PENDING"));
+    assert!(h.published::<PaymentRefunded>().await.is_empty());
+    let (error, hours): (String, f64) = sqlx::query_as(
+        "SELECT refund_error, extract(epoch FROM next_refund_at - now())::float8 / 3600 FROM payments WHERE order_id = $1",
+    )
+    .bind(order)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(error.contains("charge_disputed"), "the refusal is on record: {error}");
+    assert!(hours > 0.9, "asked about again in an hour, not hammered: {hours}");
+    let tombstone: i64 = sqlx::query_scalar("SELECT count(*) FROM cancelled_orders WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(tombstone, 1, "the cancellation is remembered");
+
+    // The retrier asks again when due, and it stays owed.
+    assert_eq!(h.make_refund_due(order).await, 1);
+    assert_eq!(h.refund_retrier().retry_due().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUND_PENDING"));
+    assert_eq!(h.make_refund_due(order).await, 2);
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_capture_check_that_ends_in_a_refused_refund_holds_up_no_other() {
+    let h = harness().await;
+    let user = Uuid::now_v7();
+    let (disputed, plain) = (Uuid::now_v7(), Uuid::now_v7());
+    // Both captured by attempts whose transactions were lost; both orders
+    // cancelled while the primary could not say whether it held money.
+    h.deliver_and_lose(&reserved(disputed, user, "tok_refund_refused", 1000)).await;
+    h.deliver_and_lose(&reserved(plain, user, "tok_visa", 2000)).await;
+    h.primary.down.store(true, Ordering::SeqCst);
+    for order in [disputed, plain] {
+        assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap());
+    }
+    h.primary.down.store(false, Ordering::SeqCst);
+
+    // The disputed one is due first; one pass settles both.
+    h.make_capture_check_due(disputed).await.unwrap();
+    h.make_capture_check_due(plain).await.unwrap();
+    assert_eq!(h.refund_retrier().check_due_captures().await.unwrap(), 2);
+    assert_eq!(h.status_of(disputed).await.as_deref(), Some("REFUND_PENDING"), "refused: owed, on record");
+    assert_eq!(h.status_of(plain).await.as_deref(), Some("REFUNDED"));
+    assert_eq!(h.make_capture_check_due(disputed).await, None, "answered: the owed refund carries it now");
+    h.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_capture_the_secondary_took_while_the_primary_was_down_is_found_while_it_still_is() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    let reservation = reserved(order, user, "tok_visa", 900);
+    // The primary refuses (taking nothing), the secondary captures, and the
+    // transaction is lost.
+    h.primary.down.store(true, Ordering::SeqCst);
+    h.deliver_and_lose(&reservation).await;
+    let taken = h.secondary.find_charge(&order.to_string()).await.unwrap().expect("the secondary captured");
+
+    // Redelivered while the primary is still down: the primary need not be
+    // asked what it holds (it refused), so the capture is taken over now.
+    assert!(h.deliver(&reservation).await.unwrap());
+    assert_eq!(h.status_of(order).await.as_deref(), Some("CAPTURED"));
+    let captured = h.published::<PaymentCaptured>().await;
+    assert_eq!(captured.len(), 1);
+    assert_eq!(captured[0].provider, "secondary");
+    let recorded: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, taken.provider_reference, "the earlier capture is the payment, not a second one");
+    h.drop_db().await;
+}
+
+#[tokio::test]
 async fn a_retry_after_a_lost_commit_never_charges_the_other_provider() {
     let h = harness().await;
     let (order, user) = (Uuid::now_v7(), Uuid::now_v7());

@@ -447,6 +447,33 @@ async fn a_refund_during_a_provider_outage_is_owed_then_paid_back() {
     assert!(!metrics.lines().any(|l| l.starts_with("consumer_dead_lettered_total")), "nothing dead-lettered");
 }
 
+/// A refund the provider refuses outright (a disputed charge) stays owed and
+/// in sight, asked about hourly; the cancellation and the restock stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_the_provider_refuses_stays_owed_in_sight_and_the_cancellation_stands() {
+    let shop = Shop::start(|_| {}, true).await;
+    let lamp = shop.product("LAMP-7", 5400, 3).await;
+    let ida = shop.customer("ida@shop.test").await;
+    shop.add_to_cart(&ida, &lamp, 1).await;
+    let id = shop.checkout(&ida, "tok_refund_refused").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&ida, &id).await["status"], "ORDER_STATUS_CONFIRMED");
+
+    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &ida, Some(json!({}))).await;
+    let status = async || shop.payments(&ida, &id).await[0]["status"].as_str().unwrap().to_owned();
+    eventually("refund owed", SAGA, || async { (status().await == "PAYMENT_STATUS_REFUND_PENDING").then_some(()) })
+        .await;
+    assert_eq!(shop.order(&ida, &id).await["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
+    eventually("restocked", SAGA, || async { (shop.stock(&lamp).await == (3, 3, 0)).then_some(()) }).await;
+
+    let (running, _) = shop.payment.as_ref().unwrap();
+    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let refused = metrics.lines().find(|l| l.starts_with("payment_refunds_refused_total"));
+    assert!(refused.is_some_and(|l| l.ends_with(" 1")), "the refusal is counted: {metrics}");
+    assert!(!metrics.lines().any(|l| l.starts_with("consumer_dead_lettered_total")), "nothing dead-lettered");
+    assert_eq!(status().await, "PAYMENT_STATUS_REFUND_PENDING", "still owed, not marked refunded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let shop = Shop::start(|_| {}, true).await;
