@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopmesh_platform::auth::{PublicJwk, RequestAuthExt as _};
-use shopmesh_platform::grpc::{db_error, internal, invalid_argument};
+use shopmesh_platform::grpc::{busy, db_error, internal, invalid_argument};
 use shopmesh_platform::outbox::Outbox;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -15,7 +15,7 @@ use crate::domain::{
     self, Credentials, DisplayName, Email, Invalid, NewAccount, Password, RefreshToken, RefreshVerdict,
 };
 use crate::keys::KeyStore;
-use crate::passwords;
+use crate::passwords::{PasswordWork, PasswordWorkError};
 use crate::pb;
 use crate::store::{self, CreateError};
 use crate::tokens::TokenIssuer;
@@ -69,6 +69,7 @@ pub struct AuthApi {
     pub redis: fred::clients::Client,
     pub redis_prefix: String,
     pub refresh_ttl: Duration,
+    pub passwords: PasswordWork,
 }
 
 impl AuthApi {
@@ -112,11 +113,23 @@ impl AuthApi {
     }
 }
 
+/// Busy password work is the caller's to retry shortly; anything else is ours.
+fn password_error(what: &str, e: PasswordWorkError) -> Status {
+    match e {
+        PasswordWorkError::Busy(..) => {
+            metrics::counter!("auth_password_checks_refused_total").increment(1);
+            tracing::warn!(error = %e, "{what}: refused, too many at once");
+            busy("too many sign-ins at once; try again shortly", Duration::from_secs(1))
+        }
+        PasswordWorkError::Failed(e) => internal(what, e),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let account = NewAccount::try_from(request.into_inner())?;
-        let hash = passwords::hash(&account.password).await.map_err(|e| internal("hashing password", e))?;
+        let hash = self.passwords.hash(&account.password).await.map_err(|e| password_error("hashing password", e))?;
         let roles = domain::customer_roles();
         let id = store::create_account(&self.pool, &self.outbox, &account.email, &account.name, &hash, &roles)
             .await
@@ -136,12 +149,14 @@ impl pb::auth_service_server::AuthService for AuthApi {
             None
         };
         let Some(account) = account else {
-            passwords::verify_dummy(&creds.password).await.map_err(|e| internal("verifying password", e))?;
+            self.passwords.verify_dummy(&creds.password).await.map_err(|e| password_error("verifying password", e))?;
             return Err(Status::unauthenticated(BAD_CREDENTIALS));
         };
-        let ok = passwords::verify(&creds.password, &account.password_hash)
+        let ok = self
+            .passwords
+            .verify(&creds.password, &account.password_hash)
             .await
-            .map_err(|e| internal("verifying password", e))?;
+            .map_err(|e| password_error("verifying password", e))?;
         if !ok {
             return Err(Status::unauthenticated(BAD_CREDENTIALS));
         }

@@ -89,6 +89,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
         redis: rt.redis().clone(),
         redis_prefix: rt.config.redis.as_ref().map(|r| r.key_prefix.clone()).unwrap_or_default(),
         refresh_ttl: settings.refresh_ttl,
+        passwords: passwords::PasswordWork::new(settings.password_hashes_at_once, settings.password_wait),
     };
     Ok(Routes::new(pb::auth_service_server::AuthServiceServer::new(api)))
 }

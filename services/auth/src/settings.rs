@@ -18,6 +18,12 @@ pub struct Settings {
     pub key_max_age: Duration,
     /// `ADMIN_EMAIL` + `ADMIN_PASSWORD` (+ `ADMIN_NAME`).
     pub admin: Option<AdminBootstrap>,
+    /// `PASSWORD_HASHES_AT_ONCE`, default the CPUs available: password
+    /// hashes and checks running at once (each holds ~19 MiB).
+    pub password_hashes_at_once: usize,
+    /// `PASSWORD_WAIT_MS`, default 2000: how long a sign-in waits for one of
+    /// those before it is refused as busy (503, `Retry-After`).
+    pub password_wait: Duration,
 }
 
 #[derive(Clone)]
@@ -58,7 +64,17 @@ impl Settings {
                 name: src.get("ADMIN_NAME").filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "Administrator".into()),
             }),
         };
-        Ok(Self { access_ttl, refresh_ttl, key_max_age, admin })
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let password_hashes_at_once: usize = src.parse_or("PASSWORD_HASHES_AT_ONCE", cpus)?;
+        if password_hashes_at_once == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SHOPMESH_PASSWORD_HASHES_AT_ONCE".into(),
+                value: "0".into(),
+                reason: "at least one password check must be able to run".into(),
+            });
+        }
+        let password_wait = src.millis_or("PASSWORD_WAIT_MS", Duration::from_secs(2))?;
+        Ok(Self { access_ttl, refresh_ttl, key_max_age, admin, password_hashes_at_once, password_wait })
     }
 
     /// How long a retired key stays in the JWKS: a token it signed lives at

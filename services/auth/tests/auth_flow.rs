@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fred::interfaces::KeysInterface as _;
 use shopmesh_auth::keys::{self, KeyAction, KeyStore, StoreKeys};
+use shopmesh_auth::passwords::PasswordWork;
 use shopmesh_auth::pb::auth_service_server::AuthService as _;
 use shopmesh_auth::{create_admin, grpc::AuthApi, pb, rotate_signing_key, tokens::TokenIssuer};
 use shopmesh_platform::auth::{AuthError, Principal, TokenVerifier};
@@ -45,6 +46,7 @@ async fn harness() -> Harness {
         redis,
         redis_prefix: prefix,
         refresh_ttl: Duration::from_secs(3600),
+        passwords: PasswordWork::new(2, Duration::from_secs(2)),
     };
     Harness { pool, api, keys, verifier, db_name }
 }

@@ -321,6 +321,38 @@ async fn login_rate_limit_trips_at_the_configured_count_and_resets() {
     assert_eq!(s.post("/v1/auth/login", wrong, None).await.status(), 401, "allowed again after the window");
 }
 
+/// Password hashing is memory- and CPU-hungry: a burst of sign-ins past the
+/// slots for it is told to come back (503, Retry-After), not queued without
+/// bound, and the service answers again as soon as the burst is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sign_ins_past_the_password_slots_is_told_to_retry() {
+    let s = Stack::start(|env| {
+        env.set("RATE_LIMIT_LOGIN", "1000/60");
+        env.set("PASSWORD_HASHES_AT_ONCE", "1");
+        env.set("PASSWORD_WAIT_MS", "0");
+    })
+    .await;
+    let wrong = json!({"email": "nobody@example.com", "password": "wrong-password"});
+    let burst = (0..12).map(|_| s.post("/v1/auth/login", wrong.clone(), None));
+    let (mut refused, mut answered) = (0, 0);
+    for resp in futures::future::join_all(burst).await {
+        match resp.status().as_u16() {
+            401 => answered += 1,
+            503 => {
+                refused += 1;
+                assert_eq!(resp.headers()["retry-after"], "1");
+                let (_, body) = error_body(resp).await;
+                assert_eq!(body["code"], 14, "Unavailable: {body}");
+                assert!(body["message"].as_str().unwrap().contains("try again"), "{body}");
+            }
+            other => panic!("a sign-in in the burst got {other}"),
+        }
+    }
+    assert!(answered >= 1 && refused >= 1, "{answered} answered, {refused} refused");
+    let resp = s.post("/v1/auth/login", wrong, None).await;
+    assert_eq!(resp.status(), 401, "answered again once the burst is over");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_get_400_naming_the_field() {
     let s = Stack::start(|_| {}).await;
