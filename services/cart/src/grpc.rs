@@ -118,6 +118,11 @@ impl CartApi {
         if let Some(cart) = self.cache.get(user_id).await {
             return Ok(cart);
         }
+        self.load_stored(user_id).await
+    }
+
+    /// Postgres' cart, put back in Redis (where it replaces an older copy).
+    async fn load_stored(&self, user_id: &str) -> Result<Cart, Status> {
         let cart = store::load(&self.pool, user_id).await.map_err(db_error)?;
         let cart = cart.unwrap_or_else(|| Cart::empty(chrono::Utc::now()));
         self.cache.put(user_id, &cart).await;
@@ -194,7 +199,11 @@ fn caller<T>(request: &Request<T>) -> Result<String, Status> {
 impl pb::cart_service_server::CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<pb::GetCartResponse>, Status> {
         let user_id = caller(&request)?;
-        let cart = self.load(&user_id).await?;
+        let cart = if request.get_ref().consistent_read {
+            self.load_stored(&user_id).await?
+        } else {
+            self.load(&user_id).await?
+        };
         let catalog = self.products(cart.product_ids()).await?;
         let priced = domain::price(&cart, &catalog).map_err(pricing_error)?;
         Ok(Response::new(pb::GetCartResponse { cart: Some(self.view(&user_id, &cart, priced)) }))

@@ -253,9 +253,12 @@ impl OrderApi {
         }
     }
 
-    /// Cart lines, priced at the catalog's current prices.
+    /// Cart lines, priced at the catalog's current prices. Read from the
+    /// cart's store of record: a cached copy some replica failed to update
+    /// would bill lines the buyer removed, and record the wrong version.
     async fn price_cart(&self, req: &Request<pb::CreateOrderRequest>) -> Result<PricedCart, Status> {
-        let cart = self.cart.clone().get_cart(on_behalf(req, shopmesh_cart::pb::GetCartRequest {})).await?.into_inner();
+        let read = shopmesh_cart::pb::GetCartRequest { consistent_read: true };
+        let cart = self.cart.clone().get_cart(on_behalf(req, read)).await?.into_inner();
         let cart = cart.cart.unwrap_or_default();
         // The cart leaves lines it can no longer sell out of its view; they
         // go to pricing too, so checkout refuses them instead of quietly

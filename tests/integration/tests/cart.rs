@@ -65,7 +65,14 @@ impl Setup {
     }
 
     async fn get(&self, token: &str) -> pb::Cart {
-        self.cart.clone().get_cart(authed(pb::GetCartRequest {}, token)).await.unwrap().into_inner().cart.unwrap()
+        self.cart
+            .clone()
+            .get_cart(authed(pb::GetCartRequest::default(), token))
+            .await
+            .unwrap()
+            .into_inner()
+            .cart
+            .unwrap()
     }
 }
 
@@ -80,7 +87,7 @@ async fn carts_are_per_user_validated_and_priced_from_the_catalog() {
     let bob = s.issuer.customer(&uuid::Uuid::now_v7().to_string());
     let (mug, knife) = (s.id("KIT-MUG-001"), s.id("KIT-KNIF-002"));
 
-    assert_eq!(s.cart.clone().get_cart(pb::GetCartRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(s.cart.clone().get_cart(pb::GetCartRequest::default()).await.unwrap_err().code(), Code::Unauthenticated);
 
     s.add(&alice, &mug, 2).await.unwrap();
     let cart = s.add(&alice, &knife, 1).await.unwrap();

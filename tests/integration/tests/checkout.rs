@@ -1091,3 +1091,34 @@ async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
     eventually("sold out, nothing negative", SAGA, || async { (shop.stock(&gem).await == (0, 0, 0)).then_some(()) })
         .await;
 }
+
+/// A cart copy in Redis that missed the buyer's last change (a replica's
+/// cache write that was lost) does not decide what checkout bills: checkout
+/// reads the cart from Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkout_bills_the_saved_cart_even_when_its_cached_copy_is_stale() {
+    use fred::prelude::*;
+    let shop = Shop::start(|_| {}, true).await;
+    let tent = shop.product("TENT-3", 10000, 5).await;
+    let lamp = shop.product("LAMP-3", 2500, 5).await;
+    let kai = shop.customer("kai@shop.test").await;
+    shop.add_to_cart(&kai, &tent, 1).await;
+    shop.add_to_cart(&kai, &lamp, 1).await;
+    let cart = shop.ok(reqwest::Method::GET, "/v1/cart", &kai, None).await["cart"].clone();
+    let key = format!("t{}:cart:{}", shop.env.id, cart["userId"].as_str().unwrap());
+    let redis =
+        Builder::from_config(Config::from_url(&shopmesh_platform::testing::redis_url()).unwrap()).build().unwrap();
+    redis.init().await.unwrap();
+    let both: String = redis.get(&key).await.unwrap();
+
+    // The lamp comes out, and the copy saying it is still in comes back.
+    shop.ok(reqwest::Method::DELETE, &format!("/v1/cart/items/{lamp}"), &kai, None).await;
+    let _: () = redis.set(&key, both, None, None, false).await.unwrap();
+    assert_eq!(shop.cart_lines(&kai).await, 2, "a plain view is served from the (stale) copy");
+
+    let placed = shop.checkout(&kai, "tok_visa").await;
+    assert_eq!(placed["total"]["amountMinor"], "10000", "only the tent is billed: {placed}");
+    assert_eq!(placed["lines"].as_array().map(Vec::len), Some(1), "{placed}");
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(shop.final_order(&kai, id).await["status"], "ORDER_STATUS_CONFIRMED");
+}
