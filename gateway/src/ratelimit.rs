@@ -291,23 +291,39 @@ impl RateLimiter {
     }
 }
 
-/// The client's address: the socket peer, or with `trust_forwarded_for` the
-/// last `X-Forwarded-For` entry, i.e. the one our own proxy appended (the
-/// ones before it are whatever the client claimed).
+/// Who the limits count a request against: the client's address (the socket
+/// peer, or with `trust_forwarded_for` the last `X-Forwarded-For` entry, the
+/// one our own proxy appended; the ones before it are whatever the client
+/// claimed). An IPv6 client is counted by its /64, the block one subscriber
+/// gets: counted by address, it could take a fresh one for every request.
 pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .next_back();
-        if let Some(ip) = forwarded {
-            return ip.to_string();
-        }
+    let forwarded = || {
+        // The last entry, read as it is: if our proxy's entry cannot be
+        // read, an earlier one (the client's own claim) must not stand in.
+        let last = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
+        forwarded_address(last.rsplit(',').next()?.trim())
+    };
+    let ip = trust_forwarded_for.then(forwarded).flatten().or(peer.map(|p| p.ip()));
+    ip.map_or_else(|| "unknown".to_owned(), limit_key)
+}
+
+/// An `X-Forwarded-For` entry: an address, with or without a port
+/// (`203.0.113.7:41000`, `[2001:db8::1]:41000`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+fn limit_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let block = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(block))
+            }
+        },
     }
-    peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string())
 }
 
 #[cfg(test)]
@@ -381,5 +397,33 @@ mod tests {
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_ip(Some(peer), &h, true), "10.0.0.1");
         assert_eq!(client_ip(None, &HeaderMap::new(), false), "unknown");
+    }
+
+    #[test]
+    fn the_proxys_entry_alone_counts_even_with_a_port_or_unreadable() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let forwarded = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", v.parse().unwrap());
+            client_ip(Some(peer), &h, true)
+        };
+        assert_eq!(forwarded("1.1.1.1, 2.2.2.2:41000"), "2.2.2.2");
+        assert_eq!(forwarded("1.1.1.1, [2001:db8::1]:41000"), "2001:db8::/64");
+        // Unreadable last entry: the peer, never the client's own claim before it.
+        assert_eq!(forwarded("1.1.1.1, unknown"), "10.0.0.1");
+        // Several headers: the last one is our proxy's.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+        h.append("x-forwarded-for", "1.1.1.1, 4.4.4.4".parse().unwrap());
+        assert_eq!(client_ip(Some(peer), &h, true), "4.4.4.4");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_slash_64() {
+        let at = |a: &str| client_ip(Some(SocketAddr::new(a.parse().unwrap(), 1)), &HeaderMap::new(), false);
+        assert_eq!(at("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(at("2001:db8:1:2:bbbb::9"), at("2001:db8:1:2:aaaa::1"), "one subscriber's block");
+        assert_ne!(at("2001:db8:1:3::1"), at("2001:db8:1:2::1"));
+        assert_eq!(at("::ffff:192.0.2.7"), "192.0.2.7", "an IPv4 client over a dual-stack socket");
     }
 }
