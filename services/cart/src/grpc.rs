@@ -132,14 +132,26 @@ impl CartApi {
     /// Locks, mutates (`Ok(false)`: nothing changed), checks
     /// `must_be_purchasable` and prices the result, then commits and
     /// refreshes Redis. Nothing is stored if any check fails.
+    ///
+    /// The catalog is asked before the lock is taken, for the products the
+    /// cart held a moment ago: a slow catalog must not keep the cart row
+    /// locked and a connection out of the pool (every other write of the
+    /// user, and then everyone's, would wait behind it). Only a product that
+    /// came in meanwhile is asked for under the lock.
     async fn write<F>(&self, user_id: &str, must_be_purchasable: Option<Uuid>, mutate: F) -> Result<pb::Cart, Status>
     where
         F: FnOnce(&mut Cart) -> Result<bool, Status> + Send,
     {
+        let mut asked = self.load(user_id).await?.product_ids();
+        asked.extend(must_be_purchasable);
+        let mut catalog = self.products(asked.clone()).await?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let mut cart = store::lock(&mut tx, user_id).await.map_err(db_error)?;
         let changed = mutate(&mut cart)?;
-        let catalog = self.products(cart.product_ids()).await?;
+        let unpriced: Vec<Uuid> = cart.product_ids().into_iter().filter(|id| !asked.contains(id)).collect();
+        if !unpriced.is_empty() {
+            catalog.extend(self.products(unpriced).await?);
+        }
         if let Some(id) = must_be_purchasable {
             domain::purchasable(id, &catalog).map_err(unavailable)?;
         }
