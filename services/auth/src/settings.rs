@@ -21,8 +21,10 @@ pub struct Settings {
     /// `PASSWORD_HASHES_AT_ONCE`, default the CPUs available: password
     /// hashes and checks running at once (each holds ~19 MiB).
     pub password_hashes_at_once: usize,
-    /// `PASSWORD_WAIT_MS`, default 2000: how long a sign-in waits for one of
-    /// those before it is refused as busy (503, `Retry-After`).
+    /// `PASSWORD_WAIT_MS`, default 10000: how long a sign-in waits for one of
+    /// those before it is refused as busy (503, `Retry-After`). As long as
+    /// the gateway's own timeout: a legitimate burst is queued, not refused,
+    /// for as long as its callers would wait anyway.
     pub password_wait: Duration,
 }
 
@@ -73,7 +75,7 @@ impl Settings {
                 reason: "at least one password check must be able to run".into(),
             });
         }
-        let password_wait = src.millis_or("PASSWORD_WAIT_MS", Duration::from_secs(2))?;
+        let password_wait = src.millis_or("PASSWORD_WAIT_MS", Duration::from_secs(10))?;
         Ok(Self { access_ttl, refresh_ttl, key_max_age, admin, password_hashes_at_once, password_wait })
     }
 
