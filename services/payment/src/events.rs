@@ -222,20 +222,23 @@ impl Refunds<'_> {
         unanswered: i32,
     ) -> Result<(), HandlerError> {
         let order_id = order.order_id;
+        let attempts = unanswered.saturating_add(1);
         let found = match earlier_capture(self.router, order_id, order.may_hold).await {
             Ok(found) => found,
             Err(HandlerError::Retryable(why)) => {
-                let attempts = unanswered.saturating_add(1);
-                let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry);
-                let user_id = id("user_id", order.user_id)?;
-                store::owe_capture_check(tx, order_id, user_id, attempts, &why, retry_in).await?;
-                metrics::counter!("payment_capture_checks_deferred_total").increment(1);
                 tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
-                return Ok(());
+                return self.ask_again(tx, &order, attempts, &why).await;
             }
             Err(e) => return Err(e),
         };
         let Some((provider, charge)) = found else {
+            if !order.may_hold.is_empty() && attempts <= IN_FLIGHT_CHECKS {
+                // Asked, and it never refused: a charge request still in
+                // flight there may yet land. Look again for a few minutes.
+                tracing::info!(%order_id, attempts, "cancelled order: no capture found yet; looking again later");
+                let why = "no capture found yet; a charge in flight may still land";
+                return self.ask_again(tx, &order, attempts, why).await;
+            }
             tracing::info!(%order_id, "order cancelled before any payment");
             return Ok(());
         };
@@ -253,6 +256,22 @@ impl Refunds<'_> {
         };
         let row = store::record_payment(tx, self.outbox, &payment, &outcome).await?;
         self.attempt(tx, &row).await
+    }
+
+    /// Keeps the question whether `order` was charged in `capture_checks`,
+    /// to be asked again after the back-off for its `attempts`.
+    async fn ask_again(
+        &self,
+        tx: &mut PgConnection,
+        order: &Unrecorded<'_>,
+        attempts: i32,
+        why: &str,
+    ) -> Result<(), HandlerError> {
+        let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry);
+        let user_id = id("user_id", order.user_id)?;
+        store::owe_capture_check(tx, order.order_id, user_id, attempts, why, retry_in).await?;
+        metrics::counter!("payment_capture_checks_deferred_total").increment(1);
+        Ok(())
     }
 
     /// Asks the provider to give `payment`'s money back and records the
@@ -303,6 +322,11 @@ pub struct RefundRetrier {
     pub outbox: Outbox,
     pub first_retry: Duration,
 }
+
+/// How many times a provider that was asked to charge a cancelled order,
+/// and says it holds nothing, is asked again (with the refund back-off:
+/// minutes in all) before the order counts as never charged.
+const IN_FLIGHT_CHECKS: i32 = 8;
 
 /// How often a refund the provider refused outright is asked for again.
 const REFUSED_REFUND_RETRY: Duration = Duration::from_secs(3600);

@@ -450,6 +450,45 @@ async fn a_capture_the_secondary_took_while_the_primary_was_down_is_found_while_
     h.drop_db().await;
 }
 
+/// A charge request that got no answer may still be in flight when the
+/// order is cancelled: the provider saying it holds nothing is not the end
+/// of it. It is asked again for a while; a charge landing meanwhile is
+/// refunded, and once the while is over the order counts as never charged.
+#[tokio::test]
+async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.primary.silent.store(true, Ordering::SeqCst);
+    assert!(matches!(h.deliver(&reserved(order, user, "tok_visa", 1500)).await, Err(HandlerError::Retryable(_))));
+    h.primary.silent.store(false, Ordering::SeqCst);
+    assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap());
+    assert_eq!(h.status_of(order).await, None);
+
+    // The request still in flight lands at the primary.
+    let amount = shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), 1500);
+    let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &amount).await.unwrap();
+    assert_eq!(h.make_capture_check_due(order).await, Some(1), "kept asking after the provider said nothing");
+    assert_eq!(h.refund_retrier().check_due_captures().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    assert!(h.primary.inner.is_refunded(&landed.provider_reference).await);
+
+    // Where nothing lands, the asking ends.
+    let (quiet, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.primary.silent.store(true, Ordering::SeqCst);
+    assert!(h.deliver(&reserved(quiet, user, "tok_visa", 1500)).await.is_err());
+    h.primary.silent.store(false, Ordering::SeqCst);
+    assert!(h.deliver(&cancelled(quiet, user, CancelReason::Timeout)).await.unwrap());
+    let mut asked = 0;
+    while h.make_capture_check_due(quiet).await.is_some() {
+        h.refund_retrier().check_due_captures().await.unwrap();
+        asked += 1;
+        assert!(asked < 20, "the asking never ends");
+    }
+    assert!(asked >= 2, "asked again over a while, not once: {asked}");
+    assert_eq!(h.status_of(quiet).await, None, "never charged, nothing recorded");
+    h.drop_db().await;
+}
+
 #[tokio::test]
 async fn a_retry_after_a_lost_commit_never_charges_the_other_provider() {
     let h = harness().await;
