@@ -3,12 +3,17 @@
 //! and lines put in or given a quantity since, stay.
 //! The platform's inbox makes each event apply once.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use shopmesh_platform::consumer::{EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
 use shopmesh_platform::pb::events::v1::OrderConfirmed;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::cache::CartCache;
+use crate::domain::Cart;
 use crate::store;
 
 /// Consumer group and inbox name.
@@ -16,6 +21,17 @@ pub const CONSUMER: &str = "cart";
 
 pub struct CheckoutClearer {
     pub cache: CartCache,
+    /// The carts a batch's transaction wrote, by event, for `after_commit`
+    /// to put in Redis. Batches are applied one after another, so whatever
+    /// an earlier, rolled-back attempt left here is stale by then: the
+    /// committed batch's carts are taken and the rest dropped.
+    written: Mutex<HashMap<Uuid, (String, Cart)>>,
+}
+
+impl CheckoutClearer {
+    pub fn new(cache: CartCache) -> Self {
+        Self { cache, written: Mutex::default() }
+    }
 }
 
 #[async_trait::async_trait]
@@ -54,25 +70,18 @@ impl EventHandler for CheckoutClearer {
         // The new copy goes in after the commit (`after_commit`); until then
         // nobody reads the old one, nor one this transaction may never commit.
         self.cache.forget(&confirmed.user_id).await;
+        self.written.lock().expect("written carts").insert(event.event_id, (confirmed.user_id.clone(), cart));
         tracing::info!(order_id = %confirmed.order_id, user_id = %confirmed.user_id, "ordered lines taken out of the cart");
         Ok(())
     }
 
     /// Puts each emptied cart's committed copy back in Redis: its version
     /// wins over an older copy a reader may have put back meanwhile.
-    async fn after_commit(&self, pool: &PgPool, applied: &[&ReceivedEvent]) {
-        let mut users: Vec<String> =
-            applied.iter().filter_map(|e| e.payload::<OrderConfirmed>().ok()).map(|c| c.user_id).collect();
-        users.sort_unstable();
-        users.dedup();
-        for user_id in users {
-            match store::load(pool, &user_id).await {
-                Ok(Some(cart)) => self.cache.put(&user_id, &cart).await,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(%user_id, error = %e, "reloading the emptied cart failed; its reads go to postgres");
-                    self.cache.mark_stale(&user_id);
-                }
+    async fn after_commit(&self, _pool: &PgPool, applied: &[&ReceivedEvent]) {
+        let mut written = std::mem::take(&mut *self.written.lock().expect("written carts"));
+        for event in applied {
+            if let Some((user_id, cart)) = written.remove(&event.event_id) {
+                self.cache.put(&user_id, &cart).await;
             }
         }
     }

@@ -65,7 +65,7 @@ async fn build(rt: &mut ServiceRuntime) -> anyhow::Result<Routes> {
     rt.spawn_consumer(EventConsumer {
         name: events::CONSUMER.into(),
         topics: vec![topics::ORDER],
-        handler: Arc::new(events::CheckoutClearer { cache: cache.clone() }),
+        handler: Arc::new(events::CheckoutClearer::new(cache.clone())),
         // Prompt: a customer who has just bought expects those lines gone.
         pace: Pace::Prompt,
     });
