@@ -559,9 +559,13 @@ async fn load_reservations(
     order_ids: &[OrderId],
 ) -> Result<HashMap<OrderId, Reservation>, sqlx::Error> {
     let ids: Vec<Uuid> = order_ids.iter().map(OrderId::as_uuid).collect();
+    // `l.order_id = ANY($1)` repeats the join's condition so the lines are
+    // found through their index whatever plan the statement got: a generic
+    // plan made while the table was small (stale statistics, no autovacuum
+    // yet) otherwise scans every reservation line on each call.
     let rows = sqlx::query(
         "SELECT r.order_id, r.status, r.short_product_ids, l.product_id, l.quantity
-         FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id
+         FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id AND l.order_id = ANY($1)
          WHERE r.order_id = ANY($1) ORDER BY r.order_id, l.product_id",
     )
     .bind(&ids)
