@@ -189,12 +189,55 @@ struct KeyCache {
 
 /// Verifies access tokens. Cheap to share behind an `Arc`.
 pub struct TokenVerifier {
-    provider: Arc<dyn KeyProvider>,
+    keys: Arc<KeySource>,
     validation: Validation,
     redis: Option<Client>,
     redis_prefix: String,
-    cache: RwLock<KeyCache>,
     verified: std::sync::Mutex<HashMap<String, Claims>>,
+}
+
+/// The signing keys as last fetched, and the one fetch that may run at a
+/// time. Nothing holds the cache's lock while a fetch runs: verifications
+/// with known keys never wait on the JWKS, however slow it is.
+struct KeySource {
+    provider: Arc<dyn KeyProvider>,
+    cache: RwLock<KeyCache>,
+    fetching: tokio::sync::Mutex<()>,
+    /// How old the keys may get before a verification refreshes them (in
+    /// the background: a key we hold stays good for the tokens it signed).
+    max_age: Duration,
+}
+
+impl KeySource {
+    /// Fetches the JWKS unless a fetch was tried within `MIN_REFETCH`
+    /// (one waited for counts: its result is what the caller wanted).
+    async fn refresh(&self) {
+        let _one_at_a_time = self.fetching.lock().await;
+        if self.cache.read().await.tried_at.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+            return;
+        }
+        let tried_at = Instant::now();
+        self.cache.write().await.tried_at = Some(tried_at);
+        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, self.provider.fetch()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+        };
+        let mut cache = self.cache.write().await;
+        match fetched {
+            Ok(keys) => {
+                cache.keys = keys
+                    .into_iter()
+                    .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid, d)))
+                    .collect();
+                cache.fetched_at = Some(tried_at);
+                cache.failure = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS refresh failed");
+                cache.failure = Some(e);
+            }
+        }
+    }
 }
 
 /// One request crosses several services with the same token, and the
@@ -207,6 +250,8 @@ const VERIFIED_CAPACITY: usize = 10_000;
 /// requests don't queue behind one fetch after another).
 const MIN_REFETCH: Duration = Duration::from_secs(5);
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);
+/// Longest a fetch may take, whatever the provider's own timeouts.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The token of an `authorization` header value "Bearer <token>" (the
 /// scheme is case-insensitive, RFC 9110 §11.1), if that is what it is.
@@ -229,12 +274,17 @@ impl TokenVerifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        Self {
+        let keys = KeySource {
             provider,
+            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None, tried_at: None, failure: None }),
+            fetching: tokio::sync::Mutex::new(()),
+            max_age: MAX_KEY_AGE,
+        };
+        Self {
+            keys: Arc::new(keys),
             validation,
             redis,
             redis_prefix: redis_prefix.to_owned(),
-            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None, tried_at: None, failure: None }),
             verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -315,35 +365,22 @@ impl TokenVerifier {
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
         {
-            let cache = self.cache.read().await;
-            let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < MAX_KEY_AGE);
-            if let Some(k) = cache.keys.get(kid)
-                && fresh
-            {
-                return Ok(k.clone());
+            let cache = self.keys.cache.read().await;
+            if let Some(key) = cache.keys.get(kid) {
+                let stale = cache.fetched_at.is_none_or(|t| t.elapsed() >= self.keys.max_age);
+                let may_fetch = cache.tried_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
+                if stale && may_fetch && self.keys.fetching.try_lock().is_ok() {
+                    let keys = self.keys.clone();
+                    tokio::spawn(async move { keys.refresh().await });
+                }
+                return Ok(key.clone());
             }
         }
-        let mut cache = self.cache.write().await;
-        let may_refetch = cache.tried_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
-        if may_refetch {
-            cache.tried_at = Some(Instant::now());
-            match self.provider.fetch().await {
-                Ok(keys) => {
-                    cache.keys = keys
-                        .into_iter()
-                        .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid, d)))
-                        .collect();
-                    cache.fetched_at = cache.tried_at;
-                    cache.failure = None;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "JWKS refresh failed");
-                    cache.failure = Some(e);
-                }
-            }
-        }
-        // Keep serving the keys we have; without one for this kid, a failed
-        // fetch means we cannot tell, not that the token is bad.
+        // A kid we don't know: a key rotated in since we last asked, or a forgery.
+        self.keys.refresh().await;
+        // Without a key for this kid, a failed fetch means we cannot tell,
+        // not that the token is bad.
+        let cache = self.keys.cache.read().await;
         match (cache.keys.get(kid), &cache.failure) {
             (Some(key), _) => Ok(key.clone()),
             (None, Some(failure)) => Err(AuthError::Unavailable(failure.clone())),
@@ -470,6 +507,40 @@ mod tests {
             assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
         }
         assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "one failed fetch covers the next {MIN_REFETCH:?}");
+    }
+
+    /// A JWKS that answers once, then never again (hung, not refusing).
+    #[derive(Default)]
+    struct HangsAfterOneAnswer {
+        fetches: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyProvider for HangsAfterOneAnswer {
+        async fn fetch(&self) -> Result<Vec<PublicJwk>, String> {
+            if self.fetches.fetch_add(1, Ordering::SeqCst) > 0 {
+                std::future::pending::<()>().await;
+            }
+            // RFC 8037's example Ed25519 public key.
+            let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+            Ok(vec![PublicJwk { kid: "k1".into(), x: x.into() }])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_jwks_holds_up_no_verification_with_a_key_already_known() {
+        let jwks = Arc::new(HangsAfterOneAnswer::default());
+        let mut verifier = TokenVerifier::new(jwks.clone(), "shopmesh-auth", "shopmesh", None, "");
+        verifier.key("k1").await.expect("first fetch answers");
+        // The keys are due for a refresh, and the JWKS has stopped answering.
+        Arc::get_mut(&mut verifier.keys).unwrap().max_age = Duration::ZERO;
+        verifier.keys.cache.write().await.tried_at = Some(Instant::now() - MIN_REFETCH);
+        for _ in 0..3 {
+            let key = tokio::time::timeout(Duration::from_millis(500), verifier.key("k1")).await;
+            assert!(matches!(key, Ok(Ok(_))), "answered with the known key at once");
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2, "one refresh started, in the background");
     }
 
     #[test]
