@@ -281,9 +281,12 @@ fn camel_to_snake(s: &str) -> String {
 }
 
 /// Response message → JSON bytes (camelCase, int64 as strings, enum names),
-/// or just the `response_body` field when the rule names one.
+/// or just the `response_body` field when the rule names one. Fields at
+/// their default are written too (`"lines": []`, `"active": false`), as
+/// grpc-gateway does by default: a client never meets a missing key for a
+/// field the contract has. Message fields that are unset are left out.
 pub fn render_response(binding: &RpcBinding, msg: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
-    let opts = SerializeOptions::new();
+    let opts = SerializeOptions::new().skip_default_fields(false);
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::new(&mut out);
     match binding.response_body.as_deref() {

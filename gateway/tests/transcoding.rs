@@ -156,6 +156,13 @@ async fn get_with_path_variable_round_trips() {
             // The generated request id reached the upstream as metadata.
             "description": request_id,
             "price": {"currencyCode": "USD", "amountMinor": "1999"},
+            // Fields at their default are written too (a client never
+            // meets a missing key for a field the contract has).
+            "sku": "",
+            "category": "",
+            "imageUrl": "",
+            "active": false,
+            "attributes": {},
         }})
     );
 }
@@ -175,7 +182,11 @@ async fn query_parameters_reach_nested_fields() {
     let gw = gateway().await;
     let (status, _, body) = call(&gw, get("/v1/products?q=red+shoes&category=men&page.pageToken=t2")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"products": [{"name": "red shoes", "category": "men"}], "page": {"nextPageToken": "t2"}}));
+    let product = json!({
+        "name": "red shoes", "category": "men",
+        "id": "", "sku": "", "description": "", "imageUrl": "", "active": false, "attributes": {},
+    });
+    assert_eq!(body, json!({"products": [product], "page": {"nextPageToken": "t2"}}));
     let (status, _, body) = call(&gw, get("/v1/products?bogus=1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["code"], 3);
