@@ -398,9 +398,7 @@ async fn charges_fail_over_when_the_primary_is_down_but_never_when_it_did_not_an
         assert_eq!(payments.len(), 1);
         assert_eq!(payments[0]["provider"], "secondary", "{id}");
     }
-    let (running, _) = shop.payment.as_ref().unwrap();
-    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = payment_metrics(&shop).await;
     let line =
         |name: &str, label: &str| metrics.lines().find(|l| l.starts_with(name) && l.contains(label)).map(str::to_owned);
     // One failure for the lost answer and four outages open it (1).
@@ -409,19 +407,38 @@ async fn charges_fail_over_when_the_primary_is_down_but_never_when_it_did_not_an
     assert!(line("payment_charges_total", "outcome=\"no_answer\"").is_some(), "{metrics}");
 }
 
+/// A new customer buys one unit of a new product (3 in stock) paying with
+/// `payment_token`, the order is confirmed, then they cancel it; returns
+/// (customer token, product id, order id).
+async fn confirmed_then_cancelled(
+    shop: &Shop,
+    email: &str,
+    sku: &str,
+    payment_token: &str,
+) -> (String, String, String) {
+    let product = shop.product(sku, 5400, 3).await;
+    let customer = shop.customer(email).await;
+    shop.add_to_cart(&customer, &product, 1).await;
+    let id = shop.checkout(&customer, payment_token).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.final_order(&customer, &id).await["status"], "ORDER_STATUS_CONFIRMED");
+    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &customer, Some(json!({}))).await;
+    (customer, product, id)
+}
+
+/// The payment service's `/metrics`.
+async fn payment_metrics(shop: &Shop) -> String {
+    let (running, _) = shop.payment.as_ref().unwrap();
+    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
+    metrics.text().await.unwrap()
+}
+
 /// A refund the provider cannot take during an outage is owed and shown as
 /// pending, never dead-lettered with the money kept, and goes through once
 /// the provider takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refund_during_a_provider_outage_is_owed_then_paid_back() {
     let shop = Shop::start(|env| env.set("REFUND_RETRY_MS", "500"), true).await;
-    let lamp = shop.product("LAMP-9", 5400, 3).await;
-    let lea = shop.customer("lea@shop.test").await;
-    shop.add_to_cart(&lea, &lamp, 1).await;
-    let id = shop.checkout(&lea, "tok_refund_outage").await["id"].as_str().unwrap().to_owned();
-    assert_eq!(shop.final_order(&lea, &id).await["status"], "ORDER_STATUS_CONFIRMED");
-
-    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &lea, Some(json!({}))).await;
+    let (lea, lamp, id) = confirmed_then_cancelled(&shop, "lea@shop.test", "LAMP-9", "tok_refund_outage").await;
     let status = async || shop.payments(&lea, &id).await[0]["status"].as_str().unwrap().to_owned();
     eventually("refund owed", SAGA, || async { (status().await == "PAYMENT_STATUS_REFUND_PENDING").then_some(()) })
         .await;
@@ -439,9 +456,7 @@ async fn a_refund_during_a_provider_outage_is_owed_then_paid_back() {
     .await;
     eventually("restocked", SAGA, || async { (shop.stock(&lamp).await == (3, 3, 0)).then_some(()) }).await;
 
-    let (running, _) = shop.payment.as_ref().unwrap();
-    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = payment_metrics(&shop).await;
     let deferred = metrics.lines().find(|l| l.starts_with("payment_refunds_deferred_total"));
     assert!(deferred.is_some_and(|l| l.ends_with(" 2")), "two attempts the provider did not take: {metrics}");
     assert!(!metrics.lines().any(|l| l.starts_with("consumer_dead_lettered_total")), "nothing dead-lettered");
@@ -452,22 +467,14 @@ async fn a_refund_during_a_provider_outage_is_owed_then_paid_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refund_the_provider_refuses_stays_owed_in_sight_and_the_cancellation_stands() {
     let shop = Shop::start(|_| {}, true).await;
-    let lamp = shop.product("LAMP-7", 5400, 3).await;
-    let ida = shop.customer("ida@shop.test").await;
-    shop.add_to_cart(&ida, &lamp, 1).await;
-    let id = shop.checkout(&ida, "tok_refund_refused").await["id"].as_str().unwrap().to_owned();
-    assert_eq!(shop.final_order(&ida, &id).await["status"], "ORDER_STATUS_CONFIRMED");
-
-    shop.ok(reqwest::Method::POST, &format!("/v1/orders/{id}:cancel"), &ida, Some(json!({}))).await;
+    let (ida, lamp, id) = confirmed_then_cancelled(&shop, "ida@shop.test", "LAMP-7", "tok_refund_refused").await;
     let status = async || shop.payments(&ida, &id).await[0]["status"].as_str().unwrap().to_owned();
     eventually("refund owed", SAGA, || async { (status().await == "PAYMENT_STATUS_REFUND_PENDING").then_some(()) })
         .await;
     assert_eq!(shop.order(&ida, &id).await["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
     eventually("restocked", SAGA, || async { (shop.stock(&lamp).await == (3, 3, 0)).then_some(()) }).await;
 
-    let (running, _) = shop.payment.as_ref().unwrap();
-    let metrics = shop.http.get(format!("http://{}/metrics", running.http_addr)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = payment_metrics(&shop).await;
     let refused = metrics.lines().find(|l| l.starts_with("payment_refunds_refused_total"));
     assert!(refused.is_some_and(|l| l.ends_with(" 1")), "the refusal is counted: {metrics}");
     assert!(!metrics.lines().any(|l| l.starts_with("consumer_dead_lettered_total")), "nothing dead-lettered");

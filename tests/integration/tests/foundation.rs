@@ -154,6 +154,31 @@ impl EventHandler for CountingHandler {
     }
 }
 
+/// How many times `CountingHandler` applied event `id`.
+async fn times_applied(pool: &sqlx::PgPool, id: uuid::Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1").bind(id).fetch_one(pool).await
+}
+
+/// Waits until `CountingHandler` has applied event `id` once.
+async fn applied_once(what: &str, pool: &sqlx::PgPool, id: uuid::Uuid) {
+    eventually(
+        what,
+        Duration::from_secs(30),
+        || async move { (times_applied(pool, id).await.ok()? == 1).then_some(()) },
+    )
+    .await;
+}
+
+/// `platform_database` with the table `CountingHandler` writes.
+async fn counting_database(env: &TestEnv, name: &str, connections: u32) -> sqlx::PgPool {
+    let pool = platform_database(env, name, connections).await;
+    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
 /// A fresh database holding only the platform's tables (outbox, inbox).
 async fn platform_database(env: &TestEnv, name: &str, connections: u32) -> sqlx::PgPool {
     let url = env.database_url(name).await;
@@ -192,11 +217,7 @@ async fn a_services_database_settings_hold_on_every_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() {
     let env = TestEnv::new();
-    let pool = platform_database(&env, "outbox", 5).await;
-    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = counting_database(&env, "outbox", 5).await;
     let kafka = env.kafka();
     kafka.ensure_topics(&[topics::USER]).await.unwrap();
     let topic = kafka.config.topic(topics::USER);
@@ -251,24 +272,8 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     let handler = Arc::new(CountingHandler);
     let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
     tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
-    eventually("sentinel applied", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
-                .bind(sentinel_id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
-    })
-    .await;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
-        .bind(event_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(applied, 1, "redelivered copy ignored by the inbox");
+    applied_once("sentinel applied", &pool, sentinel_id).await;
+    assert_eq!(times_applied(&pool, event_id).await.unwrap(), 1, "redelivered copy ignored by the inbox");
     let inbox: i64 =
         sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'probe'").fetch_one(&pool).await.unwrap();
     assert_eq!(inbox, 2, "one inbox row per distinct event");
@@ -505,12 +510,8 @@ impl EventHandler for CommitWatcher {
 
     async fn after_commit(&self, pool: &sqlx::PgPool, applied: &[&ReceivedEvent]) {
         for event in applied {
-            let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
-                .bind(event.event_id)
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            self.told.lock().unwrap().push((event.event_id, visible == 1));
+            let visible = times_applied(pool, event.event_id).await.unwrap() == 1;
+            self.told.lock().unwrap().push((event.event_id, visible));
         }
     }
 }
@@ -518,11 +519,7 @@ impl EventHandler for CommitWatcher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_committed() {
     let env = TestEnv::new();
-    let pool = platform_database(&env, "after_commit", 5).await;
-    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = counting_database(&env, "after_commit", 5).await;
     let kafka = env.kafka();
     kafka.ensure_topics(&[topics::USER]).await.unwrap();
 
@@ -563,11 +560,7 @@ async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_commi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
     let env = TestEnv::new(); // KAFKA_MAX_ATTEMPTS=3: dead-lettered within a second, if counted
-    let pool = platform_database(&env, "outage", 2).await;
-    sqlx::query("CREATE TABLE applied_events (event_id UUID PRIMARY KEY, user_id TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = counting_database(&env, "outage", 2).await;
     let kafka = env.kafka();
     kafka.ensure_topics(&[topics::USER]).await.unwrap();
     let dlq = env.observer(&kafka.config.topic(&topics::dlq(topics::USER)));
@@ -600,18 +593,7 @@ async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     sqlx::query(allow(true)).execute(&admin).await.unwrap();
     let id: uuid::Uuid = envelope.id.parse().unwrap();
-    eventually("applied once the database is back", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM applied_events WHERE event_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    applied_once("applied once the database is back", &pool, id).await;
     let dead = drain(&dlq, Duration::from_secs(1), Duration::from_secs(1)).await;
     assert!(dead.is_empty(), "nothing dead-lettered during the outage");
     dlq.unsubscribe();
