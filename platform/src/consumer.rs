@@ -27,7 +27,9 @@ pub enum HandlerError {
     /// The database is unreachable or overloaded: nothing is wrong with the
     /// message, so it is tried again, with back-off, until the database is
     /// back, and never dead-lettered (an outage would otherwise drop every
-    /// saga step in flight). Its partition waits meanwhile.
+    /// saga step in flight). The consumer, all its partitions, waits
+    /// meanwhile; past `KAFKA_MAX_POLL_INTERVAL_MS` the broker hands them to
+    /// another member, and what is redelivered the inbox drops.
     #[error("{0}")]
     Transient(String),
     /// Worth a few more attempts (a dependency down, a failure that may

@@ -52,9 +52,10 @@ async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool,
 /// once the database is back, however long that takes.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
+        // Not `Protocol`: sqlx also reports a statement it cannot send (too
+        // many arguments) that way, which no retry will fix.
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
