@@ -202,7 +202,9 @@ pub struct TokenVerifier {
 struct KeySource {
     provider: Arc<dyn KeyProvider>,
     cache: RwLock<KeyCache>,
-    fetching: tokio::sync::Mutex<()>,
+    /// Held by the one fetch in progress (by the background task it was
+    /// handed to, when a stale set is being refreshed).
+    fetching: Arc<tokio::sync::Mutex<()>>,
     /// How old the keys may get before a verification refreshes them (in
     /// the background: a key we hold stays good for the tokens it signed).
     max_age: Duration,
@@ -210,12 +212,18 @@ struct KeySource {
 
 impl KeySource {
     /// Fetches the JWKS unless a fetch was tried within `MIN_REFETCH`
-    /// (one waited for counts: its result is what the caller wanted).
+    /// (one waited for counts: its result is what the caller wanted; a
+    /// fetch ends within `FETCH_TIMEOUT`, less than that).
     async fn refresh(&self) {
-        let _one_at_a_time = self.fetching.lock().await;
+        let one_at_a_time = self.fetching.clone().lock_owned().await;
         if self.cache.read().await.tried_at.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
             return;
         }
+        self.fetch(one_at_a_time).await;
+    }
+
+    /// Fetches the JWKS into the cache; `_fetching` is the held fetch lock.
+    async fn fetch(&self, _fetching: tokio::sync::OwnedMutexGuard<()>) {
         let tried_at = Instant::now();
         self.cache.write().await.tried_at = Some(tried_at);
         let fetched = match tokio::time::timeout(FETCH_TIMEOUT, self.provider.fetch()).await {
@@ -250,8 +258,9 @@ const VERIFIED_CAPACITY: usize = 10_000;
 /// requests don't queue behind one fetch after another).
 const MIN_REFETCH: Duration = Duration::from_secs(5);
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);
-/// Longest a fetch may take, whatever the provider's own timeouts.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a fetch may take, whatever the provider's own timeouts; less
+/// than `MIN_REFETCH`, so callers that waited for a fetch find it recent.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The token of an `authorization` header value "Bearer <token>" (the
 /// scheme is case-insensitive, RFC 9110 §11.1), if that is what it is.
@@ -277,7 +286,7 @@ impl TokenVerifier {
         let keys = KeySource {
             provider,
             cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None, tried_at: None, failure: None }),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             max_age: MAX_KEY_AGE,
         };
         Self {
@@ -369,9 +378,14 @@ impl TokenVerifier {
             if let Some(key) = cache.keys.get(kid) {
                 let stale = cache.fetched_at.is_none_or(|t| t.elapsed() >= self.keys.max_age);
                 let may_fetch = cache.tried_at.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
-                if stale && may_fetch && self.keys.fetching.try_lock().is_ok() {
+                // The lock goes with the task: no second refresh starts
+                // while this one runs.
+                if stale
+                    && may_fetch
+                    && let Ok(fetching) = self.keys.fetching.clone().try_lock_owned()
+                {
                     let keys = self.keys.clone();
-                    tokio::spawn(async move { keys.refresh().await });
+                    tokio::spawn(async move { keys.fetch(fetching).await });
                 }
                 return Ok(key.clone());
             }
@@ -527,7 +541,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_jwks_holds_up_no_verification_with_a_key_already_known() {
         let jwks = Arc::new(HangsAfterOneAnswer::default());
         let mut verifier = TokenVerifier::new(jwks.clone(), "shopmesh-auth", "shopmesh", None, "");
@@ -535,11 +549,11 @@ mod tests {
         // The keys are due for a refresh, and the JWKS has stopped answering.
         Arc::get_mut(&mut verifier.keys).unwrap().max_age = Duration::ZERO;
         verifier.keys.cache.write().await.tried_at = Some(Instant::now() - MIN_REFETCH);
-        for _ in 0..3 {
+        for _ in 0..20 {
             let key = tokio::time::timeout(Duration::from_millis(500), verifier.key("k1")).await;
             assert!(matches!(key, Ok(Ok(_))), "answered with the known key at once");
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2, "one refresh started, in the background");
     }
 
