@@ -97,3 +97,44 @@ pub fn db_error(error: sqlx::Error) -> Status {
 pub fn request_id<T>(req: &tonic::Request<T>) -> Option<&str> {
     req.metadata().get("x-request-id").and_then(|v| v.to_str().ok())
 }
+
+/// Parses the gRPC `TimeoutValue TimeoutUnit` format: at most 8 digits and
+/// one of `H M S m u n`.
+pub fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "5", "5s", "123456789S", "-1S", "1.5S", " S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}

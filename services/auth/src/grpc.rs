@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopmesh_platform::auth::{PublicJwk, RequestAuthExt as _};
-use shopmesh_platform::grpc::{busy, db_error, internal, invalid_argument};
+use shopmesh_platform::grpc::{busy, db_error, internal, invalid_argument, parse_grpc_timeout};
 use shopmesh_platform::outbox::Outbox;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -113,6 +113,19 @@ impl AuthApi {
     }
 }
 
+/// The time a hash needs after its wait, kept from the caller's deadline.
+const HASH_TIME: Duration = Duration::from_secs(1);
+
+impl AuthApi {
+    /// Password work for `req`: its wait for a slot ends in time for the
+    /// refusal to reach a caller with a deadline (the gateway sends its
+    /// timeout as `grpc-timeout`) before it gives up on the call.
+    fn password_work<T>(&self, req: &Request<T>) -> PasswordWork {
+        let deadline = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        self.passwords.waiting_at_most(deadline.map(|d| d.saturating_sub(HASH_TIME)))
+    }
+}
+
 /// Busy password work is the caller's to retry shortly; anything else is ours.
 fn password_error(what: &str, e: PasswordWorkError) -> Status {
     match e {
@@ -128,8 +141,9 @@ fn password_error(what: &str, e: PasswordWorkError) -> Status {
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let passwords = self.password_work(&request);
         let account = NewAccount::try_from(request.into_inner())?;
-        let hash = self.passwords.hash(&account.password).await.map_err(|e| password_error("hashing password", e))?;
+        let hash = passwords.hash(&account.password).await.map_err(|e| password_error("hashing password", e))?;
         let roles = domain::customer_roles();
         let id = store::create_account(&self.pool, &self.outbox, &account.email, &account.name, &hash, &roles)
             .await
@@ -142,6 +156,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let passwords = self.password_work(&request);
         let creds = Credentials::try_from(request.into_inner())?;
         let account = if creds.could_be_registered() {
             store::find_by_email(&self.pool, &creds.email).await.map_err(db_error)?
@@ -149,11 +164,10 @@ impl pb::auth_service_server::AuthService for AuthApi {
             None
         };
         let Some(account) = account else {
-            self.passwords.verify_dummy(&creds.password).await.map_err(|e| password_error("verifying password", e))?;
+            passwords.verify_dummy(&creds.password).await.map_err(|e| password_error("verifying password", e))?;
             return Err(Status::unauthenticated(BAD_CREDENTIALS));
         };
-        let ok = self
-            .passwords
+        let ok = passwords
             .verify(&creds.password, &account.password_hash)
             .await
             .map_err(|e| password_error("verifying password", e))?;

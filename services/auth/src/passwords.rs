@@ -37,6 +37,12 @@ impl PasswordWork {
         Self { running: Arc::new(Semaphore::new(at_once)), at_once, max_wait }
     }
 
+    /// This, waiting no longer than `limit` (a caller's deadline) if given.
+    pub fn waiting_at_most(&self, limit: Option<Duration>) -> Self {
+        let max_wait = limit.map_or(self.max_wait, |l| l.min(self.max_wait));
+        Self { max_wait, ..self.clone() }
+    }
+
     /// Runs `work` on a blocking thread once one of the slots is free.
     async fn run<T: Send + 'static>(
         &self,

@@ -22,9 +22,10 @@ pub struct Settings {
     /// hashes and checks running at once (each holds ~19 MiB).
     pub password_hashes_at_once: usize,
     /// `PASSWORD_WAIT_MS`, default 10000: how long a sign-in waits for one of
-    /// those before it is refused as busy (503, `Retry-After`). As long as
-    /// the gateway's own timeout: a legitimate burst is queued, not refused,
-    /// for as long as its callers would wait anyway.
+    /// those before it is refused as busy (503, `Retry-After`): a burst is
+    /// queued first-come first-served rather than refused. A call with a
+    /// deadline (`grpc-timeout`, which the gateway sends) waits at most until
+    /// a second before it, so the refusal still reaches its caller.
     pub password_wait: Duration,
 }
 

@@ -353,6 +353,24 @@ async fn a_burst_of_sign_ins_past_the_password_slots_is_told_to_retry() {
     assert_eq!(resp.status(), 401, "answered again once the burst is over");
 }
 
+/// The wait for a password slot ends a second before the gateway's own
+/// deadline, so a sign-in queued too long is told to retry (503) rather
+/// than left to time out at the gateway (504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_queued_toward_the_gateways_deadline_is_refused_before_it() {
+    let s = Stack::start(|env| {
+        env.set("RATE_LIMIT_LOGIN", "1000/60");
+        env.set("PASSWORD_HASHES_AT_ONCE", "1");
+        env.set("GATEWAY_TIMEOUT_MS", "1200");
+    })
+    .await;
+    let wrong = json!({"email": "nobody@example.com", "password": "wrong-password"});
+    let burst = (0..40).map(|_| s.post("/v1/auth/login", wrong.clone(), None));
+    let statuses: Vec<u16> = futures::future::join_all(burst).await.iter().map(|r| r.status().as_u16()).collect();
+    assert!(statuses.iter().all(|&c| c == 401 || c == 503), "{statuses:?}");
+    assert!(statuses.contains(&503), "forty checks in a row do not fit in 200 ms: {statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_get_400_naming_the_field() {
     let s = Stack::start(|_| {}).await;
