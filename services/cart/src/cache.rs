@@ -1,10 +1,11 @@
 //! The Redis copy of each cart (`{prefix}cart:{user_id}`, 7-day TTL renewed
 //! on every touch). Values are "<version>|<json>" and a script refuses to
 //! replace a newer version, so racing writers or a slow repopulate from
-//! Postgres can't put an old cart back. Redis errors are logged and counted;
-//! callers carry on with Postgres.
+//! Postgres can't put an old cart back. "<version>|" alone holds a version's
+//! place while it is being written: readers miss, older copies are refused.
+//! Redis errors are logged and counted; callers carry on with Postgres.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +41,9 @@ pub struct CartCache {
     ttl: Duration,
     breaker: Breaker,
     /// Users whose Redis copy may be older than Postgres (a write could not
-    /// reach Redis). Their reads go to Postgres until a copy is put back.
-    stale: Arc<Mutex<HashSet<String>>>,
+    /// reach Redis), with the version Postgres has at least. Their reads go
+    /// to Postgres until a copy that recent is put back.
+    stale: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 fn record(hit: bool) {
@@ -69,7 +71,23 @@ impl CartCache {
     }
 
     fn is_stale(&self, user_id: &str) -> bool {
-        self.stale.lock().expect("stale set").contains(user_id)
+        self.stale.lock().expect("stale set").contains_key(user_id)
+    }
+
+    /// Sends the user's reads to Postgres until `repair` (or a write) puts
+    /// back a copy of at least `version`.
+    pub fn mark_stale(&self, user_id: &str, version: i64) {
+        let mut stale = self.stale.lock().expect("stale set");
+        let marked = stale.entry(user_id.to_owned()).or_insert(version);
+        *marked = (*marked).max(version);
+    }
+
+    /// A copy of `version` is in Redis: the mark goes if it was no newer.
+    fn repaired(&self, user_id: &str, version: i64) {
+        let mut stale = self.stale.lock().expect("stale set");
+        if stale.get(user_id).is_some_and(|&marked| marked <= version) {
+            stale.remove(user_id);
+        }
     }
 
     /// The cached cart, or `None` on a miss, an unreadable value or a Redis error.
@@ -91,7 +109,8 @@ impl CartCache {
             }
         };
         let cart = raw.and_then(|v| {
-            let (_, json) = v.split_once('|')?;
+            // An empty body holds a place for a version being written.
+            let (_, json) = v.split_once('|').filter(|(_, json)| !json.is_empty())?;
             serde_json::from_str::<Cart>(json).inspect_err(|e| self.failed("decode", e)).ok()
         });
         record(cart.is_some());
@@ -99,35 +118,35 @@ impl CartCache {
     }
 
     /// Stores `cart` unless Redis already has a newer version. On failure
-    /// the user is marked stale until the copy is repaired.
+    /// (or with Redis known to be down) the user is marked stale until the
+    /// copy is repaired.
     pub async fn put(&self, user_id: &str, cart: &Cart) {
         let value = format!("{}|{}", cart.version, serde_json::to_string(cart).expect("cart serialises"));
-        let args = vec![cart.version.to_string(), value, self.ttl_secs().to_string()];
+        self.put_value(user_id, cart.version, value, "put").await;
+    }
+
+    /// Holds `version`'s place for a writer that puts its copy only after
+    /// its commit: until then readers go to Postgres, and none of them can
+    /// put back a copy older than `version`, nor can a crash before the put
+    /// leave one. A rolled-back writer's retry, or the next write, takes the
+    /// same version again.
+    pub async fn hold(&self, user_id: &str, version: i64) {
+        self.put_value(user_id, version, format!("{version}|"), "hold").await;
+    }
+
+    async fn put_value(&self, user_id: &str, version: i64, value: String, op: &'static str) {
+        if !self.breaker.allows() {
+            self.mark_stale(user_id, version);
+            return;
+        }
+        let args = vec![version.to_string(), value, self.ttl_secs().to_string()];
         match self.redis.eval::<i64, _, _, _>(PUT_IF_NEWER, vec![self.key(user_id)], args).await {
-            Ok(_) => {
-                self.stale.lock().expect("stale set").remove(user_id);
-            }
+            Ok(_) => self.repaired(user_id, version),
             Err(e) => {
-                self.failed("put", &e);
-                self.mark_stale(user_id);
+                self.failed(op, &e);
+                self.mark_stale(user_id, version);
             }
         }
-    }
-
-    /// Removes the copy, for a writer that can put the new one back only
-    /// after its commit: until then readers go to Postgres, and a crash in
-    /// between leaves no copy rather than an old one. On failure the user is
-    /// marked stale, as for `put`.
-    pub async fn forget(&self, user_id: &str) {
-        if let Err(e) = self.redis.del::<i64, _>(self.key(user_id)).await {
-            self.failed("forget", &e);
-            self.mark_stale(user_id);
-        }
-    }
-
-    /// Sends the user's reads to Postgres until `repair` puts a copy back.
-    pub fn mark_stale(&self, user_id: &str) {
-        self.stale.lock().expect("stale set").insert(user_id.to_owned());
     }
 
     /// Until shutdown, puts Postgres' copy back for users marked stale, so
@@ -138,7 +157,7 @@ impl CartCache {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = shutdown.wait() => return,
             }
-            let users: Vec<String> = self.stale.lock().expect("stale set").iter().cloned().collect();
+            let users: Vec<String> = self.stale.lock().expect("stale set").keys().cloned().collect();
             if users.is_empty() || !self.breaker.allows() {
                 continue;
             }

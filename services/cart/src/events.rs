@@ -68,8 +68,9 @@ impl EventHandler for CheckoutClearer {
         cart.touch(chrono::Utc::now());
         store::save(tx, &confirmed.user_id, &cart).await?;
         // The new copy goes in after the commit (`after_commit`); until then
-        // nobody reads the old one, nor one this transaction may never commit.
-        self.cache.forget(&confirmed.user_id).await;
+        // nobody reads the old one, nor one this transaction may never
+        // commit, and no reader can put the old one back.
+        self.cache.hold(&confirmed.user_id, cart.version).await;
         self.written.lock().expect("written carts").insert(event.event_id, (confirmed.user_id.clone(), cart));
         tracing::info!(order_id = %confirmed.order_id, user_id = %confirmed.user_id, "ordered lines taken out of the cart");
         Ok(())

@@ -205,19 +205,16 @@ async fn cart_survives_losing_redis_and_is_cleared_by_order_confirmed() {
         cart_version: cart.version,
     };
     publish_event(&s.env.kafka(), "order", &confirmed).await;
-    eventually("cart cleared by OrderConfirmed", Duration::from_secs(30), || {
-        let s = &s;
-        let token = token.clone();
-        async move { s.get(&token).await.lines.is_empty().then_some(()) }
-    })
-    .await;
-    // The handler removes the Redis copy inside its transaction and puts the
-    // committed cart back after the commit; the offset is stored after that.
+    // Nobody reads the cart meanwhile: what Redis holds next is the
+    // consumer's own doing. It holds the new version's place inside its
+    // transaction and puts the committed cart after the commit; the offset
+    // is stored after that.
     s.env.wait_consumers_caught_up(&[("cart", &[OrderConfirmed::TOPIC])], Duration::from_secs(30)).await;
     let cached: String = redis.get(&key).await.unwrap();
     let (version, json) = cached.split_once('|').expect("<version>|<json>");
     assert!(version.parse::<i64>().unwrap() > cart.version, "the emptied cart's copy is back: {cached}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(json).unwrap()["lines"], serde_json::json!([]));
+    assert!(s.get(&token).await.lines.is_empty(), "cleared by OrderConfirmed");
     // Postgres agrees (not just the Redis copy).
     redis.del::<i64, _>(&key).await.unwrap();
     assert!(s.get(&token).await.lines.is_empty());
@@ -301,4 +298,29 @@ async fn a_late_order_confirmed_spares_what_was_put_back_or_set_after_checkout()
     let left = [("OUT-TENT-001".to_string(), 1), ("BOOK-RUST-001".to_string(), 1)];
     assert_eq!(quantities(&s.get(&token).await), left, "what was put back or set after checkout is gone");
     drop(s.env);
+}
+
+/// A writer that puts its copy only after its commit holds the version's
+/// place first: readers miss (and go to Postgres) and cannot put an older
+/// copy back in between; the writer's own copy then goes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_version_keeps_older_copies_out_until_its_own_goes_in() {
+    use shopmesh_cart::cache::CartCache;
+    use shopmesh_cart::domain::Cart;
+    let redis = Builder::from_config(Config::from_url(&redis_url()).unwrap()).build().unwrap();
+    redis.init().await.unwrap();
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let breaker = shopmesh_catalog::cache::Breaker::new(Duration::from_secs(5));
+    let cache = CartCache::new(redis.clone(), &prefix, Duration::from_secs(60), breaker);
+    let cart = |version| Cart { version, ..Cart::empty(chrono::Utc::now()) };
+
+    cache.put("u1", &cart(4)).await;
+    assert_eq!(cache.get("u1").await.map(|c| c.version), Some(4));
+    cache.hold("u1", 5).await;
+    assert_eq!(cache.get("u1").await, None, "a held place reads as a miss, not as version 4");
+    cache.put("u1", &cart(4)).await; // a reader's repopulate from before the commit
+    assert_eq!(cache.get("u1").await, None, "version 4 cannot come back");
+    cache.put("u1", &cart(5)).await; // the writer, after its commit
+    assert_eq!(cache.get("u1").await.map(|c| c.version), Some(5));
+    let _: i64 = redis.del(cache.key("u1")).await.unwrap();
 }
