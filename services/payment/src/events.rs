@@ -18,7 +18,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{self, OnCancelled, OnReserved};
-use crate::provider::{ChargeJournal, ProviderError, Router};
+use crate::provider::{ChargeJournal, ProviderError, RouteError, Router};
 use crate::store::{self, NewPayment, OrderPayment, Outcome};
 
 /// Consumer group and inbox name.
@@ -43,12 +43,12 @@ struct AttemptJournal<'a> {
 
 #[async_trait::async_trait]
 impl ChargeJournal for AttemptJournal<'_> {
-    async fn before_charge(&self, provider: &str) -> Result<(), String> {
-        store::record_charge_attempt(self.pool, self.order_id, provider).await.map_err(|e| e.to_string())
+    async fn before_charge(&self, provider: &str) -> Result<(), sqlx::Error> {
+        store::record_charge_attempt(self.pool, self.order_id, provider).await
     }
 
-    async fn refused(&self, provider: &str) -> Result<(), String> {
-        store::record_charge_refused(self.pool, self.order_id, provider).await.map_err(|e| e.to_string())
+    async fn refused(&self, provider: &str) -> Result<(), sqlx::Error> {
+        store::record_charge_refused(self.pool, self.order_id, provider).await
     }
 }
 
@@ -125,11 +125,13 @@ impl SagaHandler {
             });
         }
         let journal = AttemptJournal { pool: &self.journal_pool, order_id: payment.order_id };
-        let routed = self
-            .router
-            .charge(&key, token, &amount, known.pinned_to.as_deref(), &journal)
-            .await
-            .map_err(|e| HandlerError::Retryable(format!("recording the charge attempt failed: {e}")))?;
+        let routed = match self.router.charge(&key, token, &amount, known.pinned_to.as_deref(), &journal).await {
+            Ok(routed) => routed,
+            // Classified like any database error: an outage waits, it does
+            // not use up the attempts.
+            Err(RouteError::Journal(e)) => return Err(e.into()),
+            Err(e @ RouteError::UnknownProvider(_)) => return Err(HandlerError::Retryable(e.to_string())),
+        };
         match routed.outcome {
             Ok(charge) => Ok(Outcome::Captured {
                 provider: routed.provider,

@@ -63,11 +63,11 @@ pub trait PaymentProvider: Send + Sync {
 #[async_trait::async_trait]
 pub trait ChargeJournal: Send + Sync {
     /// Records, before the call, that `provider` is about to be asked.
-    async fn before_charge(&self, provider: &str) -> Result<(), String>;
+    async fn before_charge(&self, provider: &str) -> Result<(), sqlx::Error>;
 
     /// Records that `provider` refused the request it was just asked
     /// (`Unavailable`): that attempt took nothing.
-    async fn refused(&self, provider: &str) -> Result<(), String>;
+    async fn refused(&self, provider: &str) -> Result<(), sqlx::Error>;
 }
 
 /// Stripe-test-mode stand-in. On a provider built with `down_on_test_token`,
@@ -349,6 +349,17 @@ impl Clock for SystemClock {
     }
 }
 
+/// Why a charge could not be routed to any provider.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The journal could not record the attempt: no provider was asked.
+    #[error("recording the charge attempt failed: {0}")]
+    Journal(#[from] sqlx::Error),
+    /// An earlier attempt asked a provider this process does not have.
+    #[error("an earlier attempt asked provider {0:?}, which is not configured")]
+    UnknownProvider(String),
+}
+
 /// The result of routing a charge: which provider answered, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed<T> {
@@ -409,13 +420,11 @@ impl Router {
         amount: &Money,
         pinned: Option<&str>,
         journal: &dyn ChargeJournal,
-    ) -> Result<Routed<Charge>, String> {
+    ) -> Result<Routed<Charge>, RouteError> {
         let ask = |provider| self.ask(provider, idempotency_key, token, amount, journal);
         if let Some(name) = pinned {
-            let provider = self
-                .named(name)
-                .ok_or_else(|| format!("an earlier attempt asked provider {name:?}, which is not configured"))?;
-            return ask(provider).await;
+            let provider = self.named(name).ok_or_else(|| RouteError::UnknownProvider(name.to_owned()))?;
+            return Ok(ask(provider).await?);
         }
         let allowed = self.breaker.lock().expect("breaker poisoned").allows(self.clock.now());
         if allowed {
@@ -445,7 +454,7 @@ impl Router {
         token: &str,
         amount: &Money,
         journal: &dyn ChargeJournal,
-    ) -> Result<Routed<Charge>, String> {
+    ) -> Result<Routed<Charge>, sqlx::Error> {
         journal.before_charge(provider.name()).await?;
         let outcome = provider.charge(idempotency_key, token, amount).await;
         if Arc::ptr_eq(provider, &self.primary) {
@@ -624,11 +633,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ChargeJournal for Journal {
-        async fn before_charge(&self, provider: &str) -> Result<(), String> {
+        async fn before_charge(&self, provider: &str) -> Result<(), sqlx::Error> {
             self.asked.lock().unwrap().push(provider.to_owned());
             Ok(())
         }
-        async fn refused(&self, provider: &str) -> Result<(), String> {
+        async fn refused(&self, provider: &str) -> Result<(), sqlx::Error> {
             self.refused.lock().unwrap().push(provider.to_owned());
             Ok(())
         }
@@ -638,11 +647,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ChargeJournal for BrokenJournal {
-        async fn before_charge(&self, _provider: &str) -> Result<(), String> {
-            Err("database unavailable".into())
+        async fn before_charge(&self, _provider: &str) -> Result<(), sqlx::Error> {
+            Err(sqlx::Error::PoolTimedOut)
         }
-        async fn refused(&self, _provider: &str) -> Result<(), String> {
-            Err("database unavailable".into())
+        async fn refused(&self, _provider: &str) -> Result<(), sqlx::Error> {
+            Err(sqlx::Error::PoolTimedOut)
         }
     }
 

@@ -423,6 +423,43 @@ async fn a_capture_check_that_ends_in_a_refused_refund_holds_up_no_other() {
     h.drop_db().await;
 }
 
+/// A capture check that fails for good (here: the provider holds a charge
+/// of nothing, which cannot be refunded) is put off for an hour with its
+/// error, and the checks behind it are still answered in the same pass.
+#[tokio::test]
+async fn a_capture_check_that_cannot_be_settled_is_put_off_and_holds_up_no_other() {
+    let h = harness().await;
+    let user = Uuid::now_v7();
+    let (broken, plain) = (Uuid::now_v7(), Uuid::now_v7());
+    let usd =
+        |minor| shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), minor);
+    // Charges the primary took for attempts whose transactions were lost.
+    h.primary.inner.charge(&broken.to_string(), "tok_visa", &usd(0)).await.unwrap();
+    h.primary.inner.charge(&plain.to_string(), "tok_visa", &usd(700)).await.unwrap();
+    let mut tx = h.pool.begin().await.unwrap();
+    for order in [broken, plain] {
+        store::record_charge_attempt(&h.pool, order, PRIMARY).await.unwrap();
+        store::owe_capture_check(&mut tx, order, user, 1, "no answer", std::time::Duration::ZERO).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    h.make_capture_check_due(broken).await.unwrap();
+    h.make_capture_check_due(plain).await.unwrap();
+
+    assert_eq!(h.refund_retrier().check_due_captures().await.unwrap(), 2);
+    assert_eq!(h.status_of(plain).await.as_deref(), Some("REFUNDED"), "answered behind the broken one");
+    let (error, hours): (String, f64) = sqlx::query_as(
+        "SELECT last_error, extract(epoch FROM next_check_at - now())::float8 / 3600 FROM capture_checks WHERE order_id = $1",
+    )
+    .bind(broken)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(error.contains("unrefundable"), "{error}");
+    assert!(hours > 0.9, "put off an hour, not asked again every pass: {hours}");
+    assert_eq!(h.status_of(broken).await, None, "nothing half-written");
+    h.drop_db().await;
+}
+
 #[tokio::test]
 async fn a_capture_the_secondary_took_while_the_primary_was_down_is_found_while_it_still_is() {
     let h = harness().await;
