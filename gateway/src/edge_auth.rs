@@ -21,7 +21,7 @@ pub const PUBLIC_METHODS: &[&str] = &[
 ];
 
 /// The gateway's own endpoints, all public.
-pub const PUBLIC_GATEWAY_PATHS: &[&str] = &["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"];
+pub const PUBLIC_GATEWAY_PATHS: &[&str] = &["/health/live", "/health/ready", "/openapi.json", "/docs"];
 
 pub fn is_public_method(full_name: &str) -> bool {
     PUBLIC_METHODS.contains(&full_name)

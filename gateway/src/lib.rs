@@ -51,6 +51,9 @@ pub use crate::edge_auth::{AuthRejection, Principal};
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Ops HTTP (`/metrics`, health), as every service has: metrics are not
+    /// served on the public port.
+    pub ops_listen: SocketAddr,
     /// Proto service full name (`shopmesh.catalog.v1.CatalogService`) →
     /// `http://host:port`.
     pub upstreams: HashMap<String, String>,
@@ -70,6 +73,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            ops_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             upstreams: HashMap::new(),
             default_timeout: Duration::from_secs(10),
             body_limit_bytes: 1024 * 1024,
@@ -173,28 +177,53 @@ impl Gateway {
         self.shared.table.iter().map(|(m, t, _)| (m.to_owned(), t.as_str().to_owned())).collect()
     }
 
+    fn ops(&self) -> Ops {
+        Ops { ready: self.shared.ready.clone(), metrics: self.shared.metrics.clone() }
+    }
+
+    /// The ops endpoints, for the ops listener: health and `/metrics`.
+    pub fn ops_router(&self) -> Router {
+        health(self.ops()).merge(Router::new().route("/metrics", get(metrics)).with_state(self.ops()))
+    }
+
+    /// The public router: health (for load balancers), the API description
+    /// and every transcoded route. `/metrics` is on [`ops_router`](Self::ops_router) only.
     pub fn router(self) -> Router {
+        let health = health(self.ops());
         let cors = self.cors;
         Router::new()
-            .route("/health/live", get(|| async { StatusCode::OK }))
-            .route("/health/ready", get(ready))
-            .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi_json))
             .route("/docs", get(docs))
             .fallback(proxy::handle)
             .with_state(Arc::new(self.shared))
+            .merge(health)
             .layer(axum::middleware::from_fn(middleware::access_log))
             .layer(cors)
             .layer(axum::middleware::from_fn(middleware::request_id))
     }
 }
 
-async fn ready(State(gw): State<Arc<Shared>>) -> StatusCode {
-    if gw.ready.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+/// What the ops endpoints need.
+#[derive(Clone)]
+struct Ops {
+    ready: Arc<AtomicBool>,
+    metrics: MetricsRenderer,
 }
 
-async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
-    let body = (gw.metrics)();
+/// `/health/live` and `/health/ready`, on both listeners.
+fn health<S>(ops: Ops) -> Router<S> {
+    Router::new()
+        .route("/health/live", get(|| async { StatusCode::OK }))
+        .route("/health/ready", get(ready))
+        .with_state(ops)
+}
+
+async fn ready(State(ops): State<Ops>) -> StatusCode {
+    if ops.ready.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    let body = (ops.metrics)();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

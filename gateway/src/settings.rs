@@ -81,6 +81,8 @@ impl GatewaySettings {
         };
         let gateway = GatewayConfig {
             listen: s.parse_or("GATEWAY_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            // The ops address every service has (`/metrics`, health).
+            ops_listen: s.parse_or("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
             upstreams,
             default_timeout: s.millis_or("GATEWAY_TIMEOUT_MS", Duration::from_secs(10))?,
             body_limit_bytes: s.parse_or("GATEWAY_BODY_LIMIT_BYTES", 1024 * 1024)?,
@@ -108,6 +110,8 @@ impl GatewaySettings {
 /// A gateway serving in the background.
 pub struct LaunchedGateway {
     pub addr: SocketAddr,
+    /// Where `/metrics` (and health) are served.
+    pub ops_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -130,19 +134,28 @@ pub async fn launch(settings: GatewaySettings, shutdown: Shutdown) -> anyhow::Re
             Arc::new(DenyAll)
         }
     };
-    let listen = settings.gateway.listen;
+    let (listen, ops_listen) = (settings.gateway.listen, settings.gateway.ops_listen);
     let gateway = Gateway::new(settings.gateway, Some(redis), auth)?;
     let ready = gateway.ready_flag();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("gateway: binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    let stop = shutdown.clone();
-    let task = tokio::spawn(crate::serve(listener, gateway.router(), async move {
+    let ops_listener = tokio::net::TcpListener::bind(ops_listen)
+        .await
+        .with_context(|| format!("gateway: binding HTTP_ADDR {ops_listen}"))?;
+    let (addr, ops_addr) = (listener.local_addr()?, ops_listener.local_addr()?);
+    let ops_router = gateway.ops_router();
+    let (stop, ops_stop) = (shutdown.clone(), shutdown);
+    let public = crate::serve(listener, gateway.router(), async move {
         stop.wait().await;
         // Fail readiness first so load balancers stop sending, then drain.
         ready.store(false, std::sync::atomic::Ordering::SeqCst);
-    }));
-    tracing::info!(%addr, "gateway serving");
-    Ok(LaunchedGateway { addr, task })
+    });
+    let ops = crate::serve(ops_listener, ops_router, async move { ops_stop.wait().await });
+    let task = tokio::spawn(async move {
+        let (public, ops) = tokio::join!(public, ops);
+        public.and(ops)
+    });
+    tracing::info!(%addr, %ops_addr, "gateway serving");
+    Ok(LaunchedGateway { addr, ops_addr, task })
 }
 
 #[cfg(test)]

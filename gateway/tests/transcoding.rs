@@ -388,6 +388,22 @@ async fn ready_flag_controls_readiness() {
     assert_eq!(call(&router, get("/health/ready")).await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// `/metrics` is served on the ops listener only: route names, statuses and
+/// limiter counts are nobody's business at the public edge.
+#[tokio::test]
+async fn metrics_are_on_the_ops_router_and_not_at_the_public_edge() {
+    let gateway = Gateway::new(GatewayConfig::default(), None, Arc::new(StaticAuth))
+        .unwrap()
+        .with_metrics_renderer(|| "gateway_requests_total 7\n".into());
+    let ops = gateway.ops_router();
+    let public = gateway.router();
+    let (status, _, body) = call(&ops, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::Value::String("gateway_requests_total 7\n".into()));
+    assert_eq!(call(&ops, get("/health/ready")).await.0, StatusCode::OK);
+    assert_eq!(call(&public, get("/metrics")).await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn cors_preflight_is_answered() {
     let gw = gateway().await;

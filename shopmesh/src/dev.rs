@@ -30,7 +30,9 @@ pub fn dev_source(base: ConfigSource) -> ConfigSource {
             // How the gateway and other services reach this one.
             .set_default(&format!("{}_URL", name.to_uppercase()), format!("http://127.0.0.1:{}", GRPC_BASE + i));
     }
-    source = source.set_default("GATEWAY_LISTEN", "127.0.0.1:8080");
+    source = source
+        .set_default("GATEWAY_LISTEN", "127.0.0.1:8080")
+        .set_default("gateway.HTTP_ADDR", format!("127.0.0.1:{}", HTTP_BASE + SERVICES.len() as u16));
     if let Some(auth) = SERVICES.iter().position(|d| d.spec.name == "auth") {
         source = source
             .set_default("JWKS_URL", format!("http://127.0.0.1:{}/.well-known/jwks.json", HTTP_BASE + auth as u16));
@@ -54,7 +56,10 @@ pub async fn run(base: ConfigSource, shutdown: Shutdown) -> anyhow::Result<()> {
     )
     .await?;
     println!("\nshopmesh dev is up:");
-    println!("  {:<14} http://{}  (REST; /openapi.json, /docs)", "gateway", gateway.addr);
+    println!(
+        "  {:<14} http://{}  (REST; /openapi.json, /docs)  ops http://{}",
+        "gateway", gateway.addr, gateway.ops_addr
+    );
     for l in &launched {
         println!("  {:<14} grpc http://{:<21} ops http://{}", l.name, l.grpc_addr, l.http_addr);
     }
