@@ -72,7 +72,18 @@ pub struct AuthApi {
     pub passwords: PasswordWork,
 }
 
+/// The time a hash needs after its wait, kept from the caller's deadline.
+const HASH_TIME: Duration = Duration::from_secs(1);
+
 impl AuthApi {
+    /// Password work for `req`: its wait for a slot ends in time for the
+    /// refusal to reach a caller with a deadline (the gateway sends its
+    /// timeout as `grpc-timeout`) before it gives up on the call.
+    fn password_work<T>(&self, req: &Request<T>) -> PasswordWork {
+        let deadline = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        self.passwords.waiting_at_most(deadline.map(|d| d.saturating_sub(HASH_TIME)))
+    }
+
     /// Denies every access token issued in session `family_id`.
     async fn deny_session(&self, family_id: Uuid) -> Result<(), fred::error::Error> {
         let family = family_id.to_string();
@@ -110,19 +121,6 @@ impl AuthApi {
             token_type: "Bearer".into(),
             expires_in: self.tokens.access_ttl().as_secs() as i32,
         })
-    }
-}
-
-/// The time a hash needs after its wait, kept from the caller's deadline.
-const HASH_TIME: Duration = Duration::from_secs(1);
-
-impl AuthApi {
-    /// Password work for `req`: its wait for a slot ends in time for the
-    /// refusal to reach a caller with a deadline (the gateway sends its
-    /// timeout as `grpc-timeout`) before it gives up on the call.
-    fn password_work<T>(&self, req: &Request<T>) -> PasswordWork {
-        let deadline = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        self.passwords.waiting_at_most(deadline.map(|d| d.saturating_sub(HASH_TIME)))
     }
 }
 

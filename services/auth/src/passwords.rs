@@ -68,13 +68,15 @@ impl PasswordWork {
         self.run(move || hash_blocking(password.expose())).await
     }
 
+    /// True if `password` matches the stored PHC string.
     pub async fn verify(&self, password: &Password, phc: &str) -> Result<bool, PasswordWorkError> {
         let (password, phc) = (password.clone(), phc.to_owned());
         self.run(move || Ok(verify_blocking(password.expose(), &phc))).await
     }
 
-    /// [`verify_dummy`], in a slot like any other check: an unknown email
-    /// must cost the same wait as a known one.
+    /// Spends the time of a real verification on an unknown email, so
+    /// response time does not reveal which emails have accounts; in a slot
+    /// like any other check, so it costs the same wait too.
     pub async fn verify_dummy(&self, password: &Password) -> Result<(), PasswordWorkError> {
         let password = password.clone();
         self.run(move || {
@@ -85,7 +87,8 @@ impl PasswordWork {
     }
 }
 
-/// PHC string (`$argon2id$v=19$...`) with a random salt.
+/// PHC string (`$argon2id$v=19$...`) with a random salt, outside the API's
+/// slots (the admin bootstrap and CLI).
 pub async fn hash(password: &Password) -> anyhow::Result<String> {
     let password = password.clone();
     tokio::task::spawn_blocking(move || hash_blocking(password.expose())).await?
@@ -98,25 +101,8 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
 }
 
-/// True if `password` matches the stored PHC string.
-pub async fn verify(password: &Password, phc: &str) -> anyhow::Result<bool> {
-    let (password, phc) = (password.clone(), phc.to_owned());
-    Ok(tokio::task::spawn_blocking(move || verify_blocking(password.expose(), &phc)).await?)
-}
-
 fn verify_blocking(password: &str, phc: &str) -> bool {
     Argon2::default().verify_password(password.as_bytes(), phc).is_ok()
-}
-
-/// Spends the time of a real verification on an unknown email, so response
-/// time does not reveal which emails have accounts.
-pub async fn verify_dummy(password: &Password) -> anyhow::Result<()> {
-    let password = password.clone();
-    tokio::task::spawn_blocking(move || {
-        verify_blocking(password.expose(), dummy_hash()?);
-        Ok(())
-    })
-    .await?
 }
 
 /// Computes the dummy hash at start, so the first unknown-email login isn't
@@ -146,11 +132,12 @@ mod tests {
         assert!(a.starts_with("$argon2id$"), "{a}");
         assert_ne!(a, b, "random salt");
         assert!(!a.contains("correct horse"));
-        assert!(verify(&pw, &a).await.unwrap());
-        assert!(!verify(&Password::parse("wrong password").unwrap(), &a).await.unwrap());
-        assert!(!verify(&pw, "not a phc string").await.unwrap());
+        let work = PasswordWork::new(2, Duration::from_secs(5));
+        assert!(work.verify(&pw, &a).await.unwrap());
+        assert!(!work.verify(&Password::parse("wrong password").unwrap(), &a).await.unwrap());
+        assert!(!work.verify(&pw, "not a phc string").await.unwrap());
         warm_up().await.unwrap();
-        verify_dummy(&pw).await.unwrap();
+        work.verify_dummy(&pw).await.unwrap();
     }
 
     #[tokio::test]
