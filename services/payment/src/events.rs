@@ -260,6 +260,11 @@ impl Refunds<'_> {
         self.attempt(tx, &row).await
     }
 
+    /// How long a capture check asked `attempts` times waits for the next.
+    fn check_delay(&self, attempts: i32) -> Duration {
+        domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry)
+    }
+
     /// Keeps the question whether `order` was charged in `capture_checks`,
     /// to be asked again after the back-off for its `attempts`.
     async fn ask_again(
@@ -269,9 +274,8 @@ impl Refunds<'_> {
         attempts: i32,
         why: &str,
     ) -> Result<(), HandlerError> {
-        let retry_in = domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry);
         let user_id = id("user_id", order.user_id)?;
-        store::owe_capture_check(tx, order.order_id, user_id, attempts, why, retry_in).await?;
+        store::owe_capture_check(tx, order.order_id, user_id, attempts, why, self.check_delay(attempts)).await?;
         metrics::counter!("payment_capture_checks_deferred_total").increment(1);
         Ok(())
     }
@@ -380,9 +384,7 @@ impl RefundRetrier {
                 Ok(()) => continue,
                 // The database is down: so is every other check.
                 Err(e @ HandlerError::Transient(_)) => return Err(e),
-                Err(HandlerError::Retryable(why)) => {
-                    (why, domain::refund_retry_delay(u32::try_from(attempts).unwrap_or(1), self.first_retry))
-                }
+                Err(HandlerError::Retryable(why)) => (why, self.refunds().check_delay(attempts)),
                 Err(HandlerError::Permanent(why)) => (why, REFUSED_REFUND_RETRY),
             };
             tracing::error!(order_id = %check.order_id, error = %why, retry_in_ms = retry_in.as_millis() as u64,
