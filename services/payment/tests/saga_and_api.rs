@@ -11,7 +11,9 @@ use shopmesh_payment::events::{RefundRetrier, SagaHandler};
 use shopmesh_payment::grpc::PaymentApi;
 use shopmesh_payment::pb;
 use shopmesh_payment::pb::payment_service_server::PaymentService as _;
-use shopmesh_payment::provider::{Charge, PRIMARY, PaymentProvider, ProviderError, Router, SystemClock, TestProvider};
+use shopmesh_payment::provider::{
+    Charge, PRIMARY, PaymentProvider, ProviderError, Router, SECONDARY, SystemClock, TestProvider,
+};
 use shopmesh_payment::store;
 use shopmesh_platform::auth::{Claims, Principal};
 use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
@@ -123,19 +125,24 @@ impl Harness {
     }
 
     /// Payloads of type `E` in the outbox, oldest first.
-    /// One capture was published, at the primary, and `order`'s payment is
-    /// the primary's charge `reference`; the secondary holds nothing.
-    async fn assert_only_capture_is_the_primarys(&self, order: Uuid, reference: &str) {
+    /// One capture was published, at `provider`, and `order`'s payment is
+    /// that provider's charge `reference`; the other provider holds nothing.
+    async fn assert_only_capture_is(&self, provider: &str, order: Uuid, reference: &str) {
         let captured = self.published::<PaymentCaptured>().await;
         assert_eq!(captured.len(), 1);
-        assert_eq!(captured[0].provider, "primary");
+        assert_eq!(captured[0].provider, provider);
         let recorded: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
             .bind(order)
             .fetch_one(&self.pool)
             .await
             .unwrap();
-        assert_eq!(recorded, reference, "the earlier capture is the payment");
-        assert_eq!(self.secondary.find_charge(&order.to_string()).await.unwrap(), None);
+        assert_eq!(recorded, reference, "the earlier capture is the payment, not a second one");
+        let other = if provider == PRIMARY {
+            self.secondary.find_charge(&order.to_string()).await
+        } else {
+            self.primary.inner.find_charge(&order.to_string()).await
+        };
+        assert_eq!(other.unwrap(), None);
     }
 
     async fn published<E: DomainEvent>(&self) -> Vec<E> {
@@ -185,6 +192,10 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+fn usd(minor: i64) -> shopmesh_platform::money::Money {
+    shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), minor)
 }
 
 fn received<E: DomainEvent>(event: &E) -> ReceivedEvent {
@@ -431,8 +442,6 @@ async fn a_capture_check_that_cannot_be_settled_is_put_off_and_holds_up_no_other
     let h = harness().await;
     let user = Uuid::now_v7();
     let (broken, plain) = (Uuid::now_v7(), Uuid::now_v7());
-    let usd =
-        |minor| shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), minor);
     // Charges the primary took for attempts whose transactions were lost.
     h.primary.inner.charge(&broken.to_string(), "tok_visa", &usd(0)).await.unwrap();
     h.primary.inner.charge(&plain.to_string(), "tok_visa", &usd(700)).await.unwrap();
@@ -475,15 +484,7 @@ async fn a_capture_the_secondary_took_while_the_primary_was_down_is_found_while_
     // asked what it holds (it refused), so the capture is taken over now.
     assert!(h.deliver(&reservation).await.unwrap());
     assert_eq!(h.status_of(order).await.as_deref(), Some("CAPTURED"));
-    let captured = h.published::<PaymentCaptured>().await;
-    assert_eq!(captured.len(), 1);
-    assert_eq!(captured[0].provider, "secondary");
-    let recorded: String = sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
-        .bind(order)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-    assert_eq!(recorded, taken.provider_reference, "the earlier capture is the payment, not a second one");
+    h.assert_only_capture_is(SECONDARY, order, &taken.provider_reference).await;
     h.drop_db().await;
 }
 
@@ -502,7 +503,7 @@ async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
     assert_eq!(h.status_of(order).await, None);
 
     // The request still in flight lands at the primary.
-    let amount = shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), 1500);
+    let amount = usd(1500);
     let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &amount).await.unwrap();
     assert_eq!(h.make_capture_check_due(order).await, Some(1), "kept asking after the provider said nothing");
     assert_eq!(h.refund_retrier().check_due_captures().await.unwrap(), 1);
@@ -541,7 +542,7 @@ async fn a_retry_after_a_lost_commit_never_charges_the_other_provider() {
 
     h.primary.down.store(false, Ordering::SeqCst);
     assert!(h.deliver(&reservation).await.unwrap());
-    h.assert_only_capture_is_the_primarys(order, &taken.provider_reference).await;
+    h.assert_only_capture_is(PRIMARY, order, &taken.provider_reference).await;
     h.drop_db().await;
 }
 
@@ -562,10 +563,10 @@ async fn a_charge_the_primary_never_answered_is_asked_there_again_even_with_its_
 
     // The first request lands at the primary; the next retry records that capture.
     h.primary.silent.store(false, Ordering::SeqCst);
-    let amount = shopmesh_platform::money::Money::new(shopmesh_platform::money::Currency::parse("USD").unwrap(), 800);
+    let amount = usd(800);
     let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &amount).await.unwrap();
     assert!(h.deliver(&reservation).await.unwrap());
-    h.assert_only_capture_is_the_primarys(order, &landed.provider_reference).await;
+    h.assert_only_capture_is(PRIMARY, order, &landed.provider_reference).await;
     h.drop_db().await;
 }
 

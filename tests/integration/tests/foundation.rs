@@ -14,7 +14,7 @@ use shopmesh_integration_tests::{TestEnv, drain, eventually, publish_raw};
 use shopmesh_platform::config::Needs;
 use shopmesh_platform::consumer::{EventConsumer, EventHandler, HandlerError};
 use shopmesh_platform::events::{DomainEvent as _, ReceivedEvent};
-use shopmesh_platform::kafka::{Pace, topics};
+use shopmesh_platform::kafka::{Kafka, Pace, topics};
 use shopmesh_platform::outbox::{Outbox, OutboxRelay, RelayConfig};
 use shopmesh_platform::pb::events::v1::UserRegistered;
 use shopmesh_platform::runtime::{ServiceDef, ServiceRuntime, ServiceSpec};
@@ -169,6 +169,17 @@ async fn applied_once(what: &str, pool: &sqlx::PgPool, id: uuid::Uuid) {
     .await;
 }
 
+/// A `UserRegistered` for `user` in a new envelope from "test".
+fn registered(user: &str) -> shopmesh_platform::pb::events::v1::EventEnvelope {
+    shopmesh_platform::events::envelope("test", &UserRegistered { user_id: user.into(), ..Default::default() })
+}
+
+/// Runs consumer group "probe" on the user topic with `handler` until the env shuts down.
+fn spawn_probe(env: &TestEnv, pool: &sqlx::PgPool, kafka: &Kafka, handler: Arc<dyn EventHandler>) {
+    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+}
+
 /// `platform_database` with the table `CountingHandler` writes.
 async fn counting_database(env: &TestEnv, name: &str, connections: u32) -> sqlx::PgPool {
     let pool = platform_database(env, name, connections).await;
@@ -270,8 +281,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 
     // The consumer sees the event twice and applies it once.
     let handler = Arc::new(CountingHandler);
-    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
-    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+    spawn_probe(&env, &pool, &kafka, handler);
     applied_once("sentinel applied", &pool, sentinel_id).await;
     assert_eq!(times_applied(&pool, event_id).await.unwrap(), 1, "redelivered copy ignored by the inbox");
     let inbox: i64 =
@@ -459,11 +469,8 @@ async fn a_commit_wakes_the_publishing_relay_here_or_on_another_replica() {
 async fn inbox_records_a_batch_in_one_statement_and_names_only_new_events() {
     let env = TestEnv::new();
     let pool = platform_database(&env, "inbox_batch", 2).await;
-    let received = |user: &str| {
-        let event = UserRegistered { user_id: user.into(), ..Default::default() };
-        let envelope = shopmesh_platform::events::envelope("test", &event);
-        ReceivedEvent::decode_envelope(&envelope.encode_to_vec(), topics::USER, 0, 0).unwrap()
-    };
+    let received =
+        |user: &str| ReceivedEvent::decode_envelope(&registered(user).encode_to_vec(), topics::USER, 0, 0).unwrap();
     let (seen, fresh, other) = (received("seen"), received("fresh"), received("other"));
     let mut conn = pool.acquire().await.unwrap();
     assert!(shopmesh_platform::inbox::record(&mut conn, "probe", &seen).await.unwrap());
@@ -525,22 +532,12 @@ async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_commi
 
     // One key, one partition: the consumer most likely takes all four in
     // one batch, which the poison rolls back before each is applied alone.
-    let envelope = |user: &str| {
-        let event = UserRegistered { user_id: user.into(), ..Default::default() };
-        shopmesh_platform::events::envelope("test", &event)
-    };
-    let (first, poison, second) = (envelope("u1"), envelope("poison"), envelope("u2"));
+    let (first, poison, second) = (registered("u1"), registered("poison"), registered("u2"));
     for e in [&first, &poison, &first, &second] {
         publish_raw(&kafka, topics::USER, "watched", &e.encode_to_vec()).await;
     }
     let watcher = Arc::new(CommitWatcher { told: Mutex::default() });
-    let consumer = EventConsumer {
-        name: "probe".into(),
-        topics: vec![topics::USER],
-        handler: watcher.clone(),
-        pace: Pace::Prompt,
-    };
-    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+    spawn_probe(&env, &pool, &kafka, watcher.clone());
 
     let id = |e: &shopmesh_platform::pb::events::v1::EventEnvelope| e.id.parse::<uuid::Uuid>().unwrap();
     eventually("both good events applied", Duration::from_secs(30), || {
@@ -578,16 +575,9 @@ async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
         .await
         .unwrap();
 
-    let event = UserRegistered { user_id: "patient".into(), ..Default::default() };
-    let envelope = shopmesh_platform::events::envelope("test", &event);
+    let envelope = registered("patient");
     publish_raw(&kafka, topics::USER, "patient", &envelope.encode_to_vec()).await;
-    let consumer = EventConsumer {
-        name: "probe".into(),
-        topics: vec![topics::USER],
-        handler: Arc::new(CountingHandler),
-        pace: Pace::Prompt,
-    };
-    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+    spawn_probe(&env, &pool, &kafka, Arc::new(CountingHandler));
 
     // Well past three attempts' back-off (and the group join), still down.
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -321,21 +321,33 @@ async fn login_rate_limit_trips_at_the_configured_count_and_resets() {
     assert_eq!(s.post("/v1/auth/login", wrong, None).await.status(), 401, "allowed again after the window");
 }
 
+/// A stack whose auth checks one password at a time, with the login rate
+/// limit out of the way, plus `setting`.
+async fn one_password_slot(setting: (&str, &str)) -> Stack {
+    Stack::start(|env| {
+        env.set("RATE_LIMIT_LOGIN", "1000/60");
+        env.set("PASSWORD_HASHES_AT_ONCE", "1");
+        env.set(setting.0, setting.1);
+    })
+    .await
+}
+
+impl Stack {
+    /// `n` logins with a wrong password for an unknown email, all at once.
+    async fn wrong_logins(&self, n: usize) -> Vec<Response> {
+        let wrong = json!({"email": "nobody@example.com", "password": "wrong-password"});
+        futures::future::join_all((0..n).map(|_| self.post("/v1/auth/login", wrong.clone(), None))).await
+    }
+}
+
 /// Password hashing is memory- and CPU-hungry: a burst of sign-ins past the
 /// slots for it is told to come back (503, Retry-After), not queued without
 /// bound, and the service answers again as soon as the burst is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_sign_ins_past_the_password_slots_is_told_to_retry() {
-    let s = Stack::start(|env| {
-        env.set("RATE_LIMIT_LOGIN", "1000/60");
-        env.set("PASSWORD_HASHES_AT_ONCE", "1");
-        env.set("PASSWORD_WAIT_MS", "0");
-    })
-    .await;
-    let wrong = json!({"email": "nobody@example.com", "password": "wrong-password"});
-    let burst = (0..12).map(|_| s.post("/v1/auth/login", wrong.clone(), None));
+    let s = one_password_slot(("PASSWORD_WAIT_MS", "0")).await;
     let (mut refused, mut answered) = (0, 0);
-    for resp in futures::future::join_all(burst).await {
+    for resp in s.wrong_logins(12).await {
         match resp.status().as_u16() {
             401 => answered += 1,
             503 => {
@@ -349,8 +361,7 @@ async fn a_burst_of_sign_ins_past_the_password_slots_is_told_to_retry() {
         }
     }
     assert!(answered >= 1 && refused >= 1, "{answered} answered, {refused} refused");
-    let resp = s.post("/v1/auth/login", wrong, None).await;
-    assert_eq!(resp.status(), 401, "answered again once the burst is over");
+    assert_eq!(s.wrong_logins(1).await[0].status(), 401, "answered again once the burst is over");
 }
 
 /// The wait for a password slot ends a second before the gateway's own
@@ -358,15 +369,8 @@ async fn a_burst_of_sign_ins_past_the_password_slots_is_told_to_retry() {
 /// than left to time out at the gateway (504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_queued_toward_the_gateways_deadline_is_refused_before_it() {
-    let s = Stack::start(|env| {
-        env.set("RATE_LIMIT_LOGIN", "1000/60");
-        env.set("PASSWORD_HASHES_AT_ONCE", "1");
-        env.set("GATEWAY_TIMEOUT_MS", "1200");
-    })
-    .await;
-    let wrong = json!({"email": "nobody@example.com", "password": "wrong-password"});
-    let burst = (0..40).map(|_| s.post("/v1/auth/login", wrong.clone(), None));
-    let statuses: Vec<u16> = futures::future::join_all(burst).await.iter().map(|r| r.status().as_u16()).collect();
+    let s = one_password_slot(("GATEWAY_TIMEOUT_MS", "1200")).await;
+    let statuses: Vec<u16> = s.wrong_logins(40).await.iter().map(|r| r.status().as_u16()).collect();
     assert!(statuses.iter().all(|&c| c == 401 || c == 503), "{statuses:?}");
     assert!(statuses.contains(&503), "forty checks in a row do not fit in 200 ms: {statuses:?}");
 }
