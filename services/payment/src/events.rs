@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, OnCancelled, OnReserved};
 use crate::provider::{ChargeJournal, ProviderError, RouteError, Router};
-use crate::store::{self, NewPayment, OrderPayment, Outcome};
+use crate::store::{self, CheckAnswer, CheckHistory, NewPayment, OrderPayment, Outcome};
 
 /// Consumer group and inbox name.
 pub const CONSUMER: &str = "payment";
@@ -92,7 +92,7 @@ impl SagaHandler {
             // about again later), and nothing is charged.
             OnReserved::DeclineCancelled if !known.may_hold.is_empty() => {
                 let unrecorded = Unrecorded { order_id, user_id: &reserved.user_id, may_hold: &known.may_hold };
-                return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
+                return self.refunds().settle_unrecorded_capture(tx, unrecorded, CheckHistory::default()).await;
             }
             OnReserved::DeclineCancelled => {
                 Outcome::Declined { provider: String::new(), reason: domain::REASON_ORDER_CANCELLED.into() }
@@ -159,7 +159,7 @@ impl SagaHandler {
         let known = store::order_payment(tx, order_id).await?;
         let Some(payment) = known.payment else {
             let unrecorded = Unrecorded { order_id, user_id: &cancelled.user_id, may_hold: &known.may_hold };
-            return self.refunds().settle_unrecorded_capture(tx, unrecorded, 0).await;
+            return self.refunds().settle_unrecorded_capture(tx, unrecorded, CheckHistory::default()).await;
         };
         if domain::on_cancelled(Some(payment.status())) == OnCancelled::Nothing {
             tracing::info!(%order_id, status = %payment.status, "cancelled order holds no captured payment");
@@ -214,32 +214,34 @@ struct Unrecorded<'a> {
 impl Refunds<'_> {
     /// A cancelled order without a payment row may still have been charged
     /// by an attempt that never committed: record that capture and refund
-    /// it. If a journaled provider cannot say (`unanswered` times before),
-    /// the question is kept in `capture_checks` and asked again later
+    /// it. If a journaled provider cannot say, the question is kept in
+    /// `capture_checks` (with what it heard `before`) and asked again later
     /// instead of failing the cancellation into the dead-letter topic.
     async fn settle_unrecorded_capture(
         &self,
         tx: &mut PgConnection,
         order: Unrecorded<'_>,
-        unanswered: i32,
+        before: CheckHistory,
     ) -> Result<(), HandlerError> {
         let order_id = order.order_id;
-        let attempts = unanswered.saturating_add(1);
         let found = match earlier_capture(self.router, order_id, order.may_hold).await {
             Ok(found) => found,
             Err(HandlerError::Retryable(why)) => {
+                let attempts = before.attempts + 1;
                 tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
-                return self.ask_again(tx, &order, attempts, &why).await;
+                return self.ask_again(tx, &order, before, CheckAnswer::Unanswered, &why).await;
             }
             Err(e) => return Err(e),
         };
         let Some((provider, charge)) = found else {
-            if !order.may_hold.is_empty() && attempts <= IN_FLIGHT_CHECKS {
+            // Only answers count here: an outage before them spends none of the window.
+            let empty_answers = before.empty_answers + 1;
+            if !order.may_hold.is_empty() && empty_answers <= IN_FLIGHT_CHECKS {
                 // Asked, and it never refused: a charge request still in
-                // flight there may yet land. Look again for a few minutes.
-                tracing::info!(%order_id, attempts, "cancelled order: no capture found yet; looking again later");
+                // flight there may yet land. Look again for a while.
+                tracing::info!(%order_id, empty_answers, "cancelled order: no capture found yet; looking again later");
                 let why = "no capture found yet; a charge in flight may still land";
-                return self.ask_again(tx, &order, attempts, why).await;
+                return self.ask_again(tx, &order, before, CheckAnswer::HoldsNothing, why).await;
             }
             tracing::info!(%order_id, "order cancelled before any payment");
             return Ok(());
@@ -266,16 +268,24 @@ impl Refunds<'_> {
     }
 
     /// Keeps the question whether `order` was charged in `capture_checks`,
-    /// to be asked again after the back-off for its `attempts`.
+    /// to be asked again after a back-off: for an unanswered check, by how
+    /// often it went unanswered; for an empty answer, by how many came
+    /// before, so the in-flight window starts once the provider answers.
     async fn ask_again(
         &self,
         tx: &mut PgConnection,
         order: &Unrecorded<'_>,
-        attempts: i32,
+        before: CheckHistory,
+        answer: CheckAnswer,
         why: &str,
     ) -> Result<(), HandlerError> {
         let user_id = id("user_id", order.user_id)?;
-        store::owe_capture_check(tx, order.order_id, user_id, attempts, why, self.check_delay(attempts)).await?;
+        let now = before.after(answer);
+        let delay = match answer {
+            CheckAnswer::Unanswered => self.check_delay(now.attempts),
+            CheckAnswer::HoldsNothing => self.check_delay(now.empty_answers),
+        };
+        store::owe_capture_check(tx, order.order_id, user_id, before, answer, why, delay).await?;
         metrics::counter!("payment_capture_checks_deferred_total").increment(1);
         Ok(())
     }
@@ -330,8 +340,8 @@ pub struct RefundRetrier {
 }
 
 /// How many times a provider that was asked to charge a cancelled order,
-/// and says it holds nothing, is asked again (with the refund back-off:
-/// minutes in all) before the order counts as never charged.
+/// and says it holds nothing, is asked again (with the refund back-off,
+/// counted from its first answer) before the order counts as never charged.
 const IN_FLIGHT_CHECKS: i32 = 8;
 
 /// How often a refund the provider refused outright is asked for again.
@@ -379,7 +389,7 @@ impl RefundRetrier {
     pub async fn check_due_captures(&self) -> Result<usize, HandlerError> {
         let due = store::due_capture_checks(&self.pool, REFUNDS_PER_PASS).await?;
         for check in &due {
-            let attempts = check.attempts.saturating_add(1);
+            let attempts = check.history.attempts.saturating_add(1);
             let (why, retry_in) = match self.check_capture(check).await {
                 Ok(()) => continue,
                 // The database is down: so is every other check.
@@ -390,7 +400,8 @@ impl RefundRetrier {
             tracing::error!(order_id = %check.order_id, error = %why, retry_in_ms = retry_in.as_millis() as u64,
                 "a cancelled order's capture check failed; a person may need to look at it");
             let mut tx = self.pool.begin().await?;
-            store::owe_capture_check(&mut tx, check.order_id, check.user_id, attempts, &why, retry_in).await?;
+            let (history, failed) = (check.history, CheckAnswer::Unanswered);
+            store::owe_capture_check(&mut tx, check.order_id, check.user_id, history, failed, &why, retry_in).await?;
             tx.commit().await?;
         }
         Ok(due.len())
@@ -407,7 +418,7 @@ impl RefundRetrier {
             None => {
                 let user_id = check.user_id.to_string();
                 let unrecorded = Unrecorded { order_id: check.order_id, user_id: &user_id, may_hold: &known.may_hold };
-                self.refunds().settle_unrecorded_capture(&mut tx, unrecorded, check.attempts).await?;
+                self.refunds().settle_unrecorded_capture(&mut tx, unrecorded, check.history).await?;
             }
             // Recorded meanwhile (a declined reservation, or the capture
             // itself): that payment's own path answers for it.

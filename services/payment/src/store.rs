@@ -275,28 +275,63 @@ pub async fn lock_due_refunds(conn: &mut PgConnection, limit: i64) -> Result<Vec
     .await
 }
 
+/// What a capture check has heard so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct CheckHistory {
+    /// How often the question was asked and not settled.
+    pub attempts: i32,
+    /// Of those, how often a provider answered that it holds nothing (the
+    /// rest it could not answer at all).
+    pub empty_answers: i32,
+}
+
+/// Why a capture check is asked again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckAnswer {
+    /// A provider could not say, or the check itself failed.
+    Unanswered,
+    /// Every provider asked says it holds nothing; a charge in flight may still land.
+    HoldsNothing,
+}
+
+impl CheckHistory {
+    /// The history once `answer` is added to it.
+    pub fn after(self, answer: CheckAnswer) -> Self {
+        let empty = i32::from(answer == CheckAnswer::HoldsNothing);
+        Self { attempts: self.attempts.saturating_add(1), empty_answers: self.empty_answers.saturating_add(empty) }
+    }
+}
+
 /// Keeps the question whether a journaled provider holds money for the
-/// cancelled `order_id`, to be asked again after `retry_in`. `attempts` is
-/// how often it has now gone unanswered.
+/// cancelled `order_id`, to be asked again after `retry_in`: `before` is
+/// what the caller saw of it (its check taken, or none), plus `answer`.
+/// Where a check is still kept (a check that failed, or a redelivered event
+/// meeting one), `answer` is added to it instead.
 pub async fn owe_capture_check(
     conn: &mut PgConnection,
     order_id: Uuid,
     user_id: Uuid,
-    attempts: i32,
+    before: CheckHistory,
+    answer: CheckAnswer,
     error: &str,
     retry_in: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
+    let now = before.after(answer);
     sqlx::query(
-        "INSERT INTO capture_checks (order_id, user_id, attempts, last_error, next_check_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        "INSERT INTO capture_checks (order_id, user_id, attempts, empty_answers, last_error, next_check_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
          ON CONFLICT (order_id) DO UPDATE
-            SET attempts = capture_checks.attempts + 1, last_error = $4, next_check_at = EXCLUDED.next_check_at",
+            SET attempts = capture_checks.attempts + 1,
+                empty_answers = capture_checks.empty_answers + $7,
+                last_error = $5, next_check_at = EXCLUDED.next_check_at",
     )
     .bind(order_id)
     .bind(user_id)
-    .bind(attempts)
+    .bind(now.attempts)
+    .bind(now.empty_answers)
     .bind(error)
     .bind(retry_in.as_secs_f64())
+    .bind(now.empty_answers - before.empty_answers)
     .execute(conn)
     .await?;
     Ok(())
@@ -307,15 +342,15 @@ pub async fn owe_capture_check(
 pub struct CaptureCheck {
     pub order_id: Uuid,
     pub user_id: Uuid,
-    /// How often the question has gone unanswered.
-    pub attempts: i32,
+    #[sqlx(flatten)]
+    pub history: CheckHistory,
 }
 
 /// Up to `limit` capture checks that are due, oldest first. Not locked: the
 /// caller takes the order's lock, then [`take_capture_check`].
 pub async fn due_capture_checks(pool: &PgPool, limit: i64) -> Result<Vec<CaptureCheck>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT order_id, user_id, attempts FROM capture_checks WHERE next_check_at <= now()
+        "SELECT order_id, user_id, attempts, empty_answers FROM capture_checks WHERE next_check_at <= now()
          ORDER BY next_check_at LIMIT $1",
     )
     .bind(limit)

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use prost::Message as _;
 use shopmesh_payment::domain::{BreakerConfig, BreakerState};
@@ -14,7 +15,7 @@ use shopmesh_payment::pb::payment_service_server::PaymentService as _;
 use shopmesh_payment::provider::{
     Charge, PRIMARY, PaymentProvider, ProviderError, Router, SECONDARY, SystemClock, TestProvider,
 };
-use shopmesh_payment::store;
+use shopmesh_payment::store::{self, CheckAnswer, CheckHistory};
 use shopmesh_platform::auth::{Claims, Principal};
 use shopmesh_platform::consumer::{EventHandler as _, HandlerError};
 use shopmesh_platform::events::{DomainEvent, ReceivedEvent};
@@ -94,7 +95,7 @@ async fn harness() -> Harness {
         router: Arc::new(router),
         outbox: Outbox::new("payment"),
         journal_pool: pool.clone(),
-        refund_retry: std::time::Duration::from_secs(60),
+        refund_retry: Duration::from_secs(60),
     };
     Harness { api: PaymentApi { pool: pool.clone() }, handler, primary, secondary, pool, db_name }
 }
@@ -448,7 +449,8 @@ async fn a_capture_check_that_cannot_be_settled_is_put_off_and_holds_up_no_other
     let mut tx = h.pool.begin().await.unwrap();
     for order in [broken, plain] {
         store::record_charge_attempt(&h.pool, order, PRIMARY).await.unwrap();
-        store::owe_capture_check(&mut tx, order, user, 1, "no answer", std::time::Duration::ZERO).await.unwrap();
+        let (before, answer) = (CheckHistory::default(), CheckAnswer::Unanswered);
+        store::owe_capture_check(&mut tx, order, user, before, answer, "no answer", Duration::ZERO).await.unwrap();
     }
     tx.commit().await.unwrap();
     h.make_capture_check_due(broken).await.unwrap();
@@ -524,6 +526,47 @@ async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
     }
     assert!(asked >= 2, "asked again over a while, not once: {asked}");
     assert_eq!(h.status_of(quiet).await, None, "never charged, nothing recorded");
+    h.drop_db().await;
+}
+
+/// The in-flight window is counted in answers: a provider that could not
+/// answer for longer than the window still gets the whole window once it
+/// answers, and a charge landing then is refunded.
+#[tokio::test]
+async fn a_long_silence_does_not_use_up_the_wait_for_a_charge_in_flight() {
+    let h = harness().await;
+    let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
+    h.primary.silent.store(true, Ordering::SeqCst);
+    assert!(matches!(h.deliver(&reserved(order, user, "tok_visa", 2100)).await, Err(HandlerError::Retryable(_))));
+    h.primary.silent.store(false, Ordering::SeqCst);
+    // Then it goes down for longer than the window: it cannot say what it holds.
+    h.primary.down.store(true, Ordering::SeqCst);
+    assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap());
+    let retrier = h.refund_retrier();
+    for _ in 0..12 {
+        h.make_capture_check_due(order).await.expect("still asking while the provider cannot answer");
+        assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
+    }
+
+    h.primary.down.store(false, Ordering::SeqCst);
+    assert_eq!(h.make_capture_check_due(order).await, Some(13));
+    assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
+    let (attempts, empty_answers, minutes): (i32, i32, f64) = sqlx::query_as(
+        "SELECT attempts, empty_answers, extract(epoch FROM next_check_at - now())::float8 / 60
+         FROM capture_checks WHERE order_id = $1",
+    )
+    .bind(order)
+    .fetch_one(&h.pool)
+    .await
+    .expect("its first answer, \"nothing\", does not end the asking");
+    assert_eq!((attempts, empty_answers), (14, 1));
+    assert!(minutes < 1.5, "the window starts at the first answer, not at the outage's back-off: {minutes}");
+
+    let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &usd(2100)).await.unwrap();
+    h.make_capture_check_due(order).await.unwrap();
+    assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
+    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
+    assert!(h.primary.inner.is_refunded(&landed.provider_reference).await);
     h.drop_db().await;
 }
 
