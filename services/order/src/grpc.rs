@@ -105,11 +105,14 @@ fn is_provider_token(token: &str) -> bool {
         && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// The caller's Idempotency-Key: any UTF-8 string, kept as sent (HTTP has
+/// already dropped the spaces around a header value).
 fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     let Some(value) = req.metadata().get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().map_err(|_| invalid_argument("Idempotency-Key", "must be visible ASCII"))?.trim();
+    let key = std::str::from_utf8(value.as_encoded_bytes())
+        .map_err(|_| invalid_argument("Idempotency-Key", "must be UTF-8 text"))?;
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(invalid_argument("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters")));
+        return Err(invalid_argument("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
     }
     Ok(Some(key.to_owned()))
 }

@@ -207,9 +207,10 @@ impl Shop {
         self.ok(reqwest::Method::POST, "/v1/orders", token, Some(body)).await["order"].clone()
     }
 
-    /// POST /v1/orders with an Idempotency-Key; the response as it came
-    /// (a reused key may be refused).
+    /// POST /v1/orders with an Idempotency-Key, sent as its UTF-8 bytes; the
+    /// response as it came (a reused key may be refused).
     pub async fn checkout_with_key(&self, token: &str, key: &str, body: &Value) -> reqwest::Response {
+        let key = reqwest::header::HeaderValue::from_bytes(key.as_bytes()).expect("a header value");
         let request = self.http.post(self.at("/v1/orders")).bearer_auth(token).header("Idempotency-Key", key);
         request.json(body).send().await.expect("POST /v1/orders")
     }

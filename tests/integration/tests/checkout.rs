@@ -502,6 +502,16 @@ async fn idempotency_key_replays_the_same_order_and_refuses_a_different_body() {
     let id = first["order"]["id"].as_str().unwrap();
     assert_eq!(shop.final_order(&gus, id).await["status"], "ORDER_STATUS_CONFIRMED");
     assert_eq!(shop.payments(&gus, id).await.len(), 1);
+
+    // Any client string: a UTF-8 key (sent as raw header bytes) works the same.
+    let ida = shop.customer("ida@shop.test").await;
+    shop.add_to_cart(&ida, &cup, 1).await;
+    let key = "заказ-42 ✓";
+    let first: Value = shop.checkout_with_key(&ida, key, &body).await.json().await.unwrap();
+    let retry: Value = shop.checkout_with_key(&ida, key, &body).await.json().await.unwrap();
+    assert!(first["order"].is_object(), "a UTF-8 key is taken: {first}");
+    assert_eq!(first["order"]["id"], retry["order"]["id"], "and replays its order");
+    assert_eq!(shop.checkout_with_key(&ida, key, &other).await.status(), 409);
 }
 
 /// The `field` a 400's BadRequest detail names.
