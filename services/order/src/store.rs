@@ -353,14 +353,18 @@ pub struct Change<'a> {
 }
 
 /// The order row update and its history row, as one statement's CTEs.
+/// Stamped with the clock, not `now()`: a batch transaction that began
+/// before another's change to the order (and waited for its lock) would
+/// otherwise date its own change earlier than the one it follows.
 macro_rules! change_cte {
     () => {
-        "WITH changed AS (
+        "WITH at AS MATERIALIZED (SELECT clock_timestamp() AS t), changed AS (
              UPDATE orders SET status = $2, cancel_reason = coalesce($3, cancel_reason),
-                 paid = ($4 = 'HELD'), refunded = ($4 = 'REFUNDED'), updated_at = now()
+                 paid = ($4 = 'HELD'), refunded = ($4 = 'REFUNDED'), updated_at = (SELECT t FROM at)
              WHERE id = $1 AND created_at = $6
          ), history AS (
-             INSERT INTO order_status_history (order_id, status, reason, note) VALUES ($1, $2, $3, $5)
+             INSERT INTO order_status_history (order_id, status, reason, note, changed_at)
+             SELECT $1, $2, $3, $5, t FROM at
          ) "
     };
 }
