@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::api::{self, Gateway, int};
+use crate::cpu;
 use crate::load::histogram;
 use crate::report::{Report, verdict};
 
@@ -137,6 +138,7 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
     ));
 
     // Open loop: checkout k starts at k / rate, whatever happened before it.
+    let cpu_before = cpu::Snapshot::take();
     let period = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(orders);
@@ -200,6 +202,7 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
 
     // Follow every order to its final state.
     let finals = settle(gw, &customers, &placed, Duration::from_secs(args.settle_timeout)).await;
+    let cpu_after = cpu::Snapshot::take();
     let mut latency = histogram();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let (mut first_created, mut last_final) = (i64::MAX, i64::MIN);
@@ -246,6 +249,25 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
     ));
     let outcome_line: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
     report.say(format!("outcomes: {}", outcome_line.join("  ")));
+    let cpu_per_order = match (&cpu_before, &cpu_after) {
+        (Some(before), Some(after)) if final_count > 0 => {
+            let spent = before.spent_until(after);
+            let per_order = |d: &Duration| d.as_secs_f64() * 1e3 / final_count as f64;
+            let total: f64 = spent.iter().map(|(_, d)| per_order(d)).sum();
+            let parts: Vec<String> = spent.iter().map(|(p, d)| format!("{p} {:.2}", per_order(d))).collect();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let budget = cores as f64 * 1e3 / TARGET_ORDERS_PER_SEC;
+            report.say(format!(
+                "cpu: {total:.2} ms per final order, first checkout to last settled ({}); \
+                 {TARGET_ORDERS_PER_SEC:.0} orders/s on {cores} cores allows {budget:.2}",
+                parts.join(", ")
+            ));
+            let by_program: serde_json::Map<String, Value> =
+                spent.iter().map(|(p, d)| (p.clone(), json!(per_order(d)))).collect();
+            json!({"total_ms": total, "by_program_ms": by_program, "budget_ms": budget})
+        }
+        _ => Value::Null,
+    };
 
     // The audit: what the books say after the saga settled.
     let stock = audit_stock(gw, &admin, &start, &confirmed_units).await?;
@@ -273,7 +295,7 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
             "post_p50_ms": post_latency.value_at_quantile(0.5) as f64 / 1e3,
             "post_p99_ms": post_latency.value_at_quantile(0.99) as f64 / 1e3,
             "final": final_count, "final_per_s": final_rate, "p50_ms": p50, "p99_ms": p99,
-            "outcomes": outcomes,
+            "outcomes": outcomes, "cpu_per_order": cpu_per_order,
             "audit": {
                 "oversold_units": stock.oversold, "double_charges": charges.double, "stuck_pending": stuck,
                 "lost_events": lost, "stock_mismatches": stock.mismatched,

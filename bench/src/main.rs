@@ -5,6 +5,7 @@
 mod api;
 mod checkout;
 mod compare;
+mod cpu;
 mod load;
 mod report;
 
