@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dlq;
 pub mod events;
 pub mod grpc;
 pub mod health;

@@ -43,6 +43,26 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Dead-lettered events: list them, or send them back once their cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Every dead letter of a topic (e.g. order-events): consumer, attempts, error, event.
+    List { topic: String },
+    /// Publish the topic's dead letters no earlier replay sent back to the
+    /// topic: the consumer that gave up on each applies it, the others'
+    /// inboxes drop it.
+    Replay {
+        topic: String,
+        /// Only the letters this consumer dead-lettered (e.g. inventory).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,10 +147,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq { action } => dead_letters(action).await,
         Command::Seed => seed::run(dev::dev_source(ConfigSource::from_env()?)).await,
         Command::Dev => {
             let _telemetry = shopmesh_platform::telemetry::init("shopmesh")?;
             dev::run(ConfigSource::from_env()?, Shutdown::on_signals()).await
         }
     }
+}
+
+async fn dead_letters(action: DlqAction) -> anyhow::Result<()> {
+    use shopmesh_platform::config::Needs;
+    use shopmesh_platform::dlq;
+    use shopmesh_platform::kafka::{Kafka, topics};
+
+    let topic = match &action {
+        DlqAction::List { topic } | DlqAction::Replay { topic, .. } => topic.clone(),
+    };
+    anyhow::ensure!(
+        topics::ALL.contains(&topic.as_str()),
+        "unknown topic {topic:?}; one of {}",
+        topics::ALL.join(", ")
+    );
+    let needs = Needs { postgres: false, redis: false, kafka: true };
+    let config = ServiceConfig::load("dlq", &ConfigSource::from_env()?, needs)?;
+    let kafka = Kafka::connect(config.kafka.expect("kafka was asked for"), "shopmesh-dlq")?;
+    match action {
+        DlqAction::List { .. } => {
+            let letters = dlq::list(&kafka, &topic).await?;
+            for l in &letters {
+                println!(
+                    "{}/{}  consumer {}  attempts {}  {} {}\n    {}",
+                    l.partition, l.offset, l.consumer, l.attempts, l.event_type, l.event_id, l.error
+                );
+            }
+            println!("{} dead letters in {}", letters.len(), topics::dlq(&topic));
+        }
+        DlqAction::Replay { consumer, .. } => {
+            let done = dlq::replay(&kafka, &topic, consumer.as_deref()).await?;
+            println!("{} replayed to {topic}, {} left for other consumers", done.replayed, done.skipped);
+        }
+    }
+    kafka.flush(std::time::Duration::from_secs(10)).await;
+    Ok(())
 }

@@ -588,3 +588,66 @@ async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
     assert!(dead.is_empty(), "nothing dead-lettered during the outage");
     dlq.unsubscribe();
 }
+
+/// Refuses events for good while `broken`, as a bug would; applies them
+/// like `CountingHandler` once fixed.
+struct FixableHandler {
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for FixableHandler {
+    fn wants(&self, event_type: &str) -> bool {
+        CountingHandler.wants(event_type)
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HandlerError::Permanent("the handler has a bug".into()));
+        }
+        CountingHandler.handle(tx, event).await
+    }
+}
+
+/// A dead letter can be listed, and once its cause is fixed, replayed: the
+/// consumer that gave up on it applies it once; a second replay sends
+/// nothing again; a replay for another consumer passes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() {
+    use shopmesh_platform::dlq;
+    let env = TestEnv::new();
+    let pool = counting_database(&env, "dlq_replay", 2).await;
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let handler = Arc::new(FixableHandler { broken: true.into() });
+    spawn_probe(&env, &pool, &kafka, handler.clone());
+
+    let envelope = registered("unlucky");
+    publish_raw(&kafka, topics::USER, "unlucky", &envelope.encode_to_vec()).await;
+    let letters = eventually("dead-lettered", Duration::from_secs(30), || async {
+        let letters = dlq::list(&kafka, topics::USER).await.unwrap();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].consumer.as_str(), letters[0].event_id.as_str()), ("probe", envelope.id.as_str()));
+    assert!(letters[0].error.contains("the handler has a bug"), "{letters:?}");
+    assert_eq!(letters[0].event_type, "shopmesh.events.v1.UserRegistered");
+
+    let id: uuid::Uuid = envelope.id.parse().unwrap();
+    assert_eq!(times_applied(&pool, id).await.unwrap(), 0);
+    assert_eq!(
+        dlq::replay(&kafka, topics::USER, Some("search")).await.unwrap(),
+        dlq::Replayed { replayed: 0, skipped: 1 }
+    );
+    handler.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(),
+        dlq::Replayed { replayed: 1, skipped: 0 }
+    );
+    applied_once("applied once replayed", &pool, id).await;
+    assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), dlq::Replayed::default(), "sent once");
+    assert_eq!(dlq::list(&kafka, topics::USER).await.unwrap().len(), 1, "listing and replaying leave the letter");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(times_applied(&pool, id).await.unwrap(), 1);
+}
