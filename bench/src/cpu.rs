@@ -61,7 +61,14 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     // After the name: state is field 3, utime field 14, stime field 15.
     let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
     let used = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let program = if comm.starts_with("postgres") || comm == "postmaster" { "postgres" } else { comm };
+    // Kernel workers name their current job ("kworker/u8:0-writeback"): one line for them all.
+    let program = if comm.starts_with("postgres") || comm == "postmaster" {
+        "postgres"
+    } else if comm.starts_with("kworker/") {
+        "kworker"
+    } else {
+        comm
+    };
     Some((program.to_owned(), used))
 }
 
@@ -75,6 +82,8 @@ mod tests {
         assert_eq!(parse_stat(stat), Some(("tokio (rt) 1".to_owned(), 300)));
         let backend = "7 (postgres) S 1 7 7 0 -1 4194560 100 0 0 0 3 4 0 0 20 0 1 0 5 0 0";
         assert_eq!(parse_stat(backend), Some(("postgres".to_owned(), 7)));
+        let worker = "9 (kworker/u8:0-writeback) I 2 0 0 0 -1 69238880 0 0 0 0 0 12 0 0 20 0 1 0 5 0 0";
+        assert_eq!(parse_stat(worker), Some(("kworker".to_owned(), 12)));
         assert_eq!(parse_stat("garbage"), None);
     }
 
