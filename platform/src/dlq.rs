@@ -1,16 +1,17 @@
 //! Dead letters: what is in `<topic>.dlq`, and sending it back once its
 //! cause is fixed. A dead letter failed for good at one consumer; `replay`
 //! publishes it to its original topic as it was (same key, payload and
-//! headers, less the `dlq_*` ones). Every consumer group of that topic sees
-//! it again: those that applied it drop it through their inbox, the one
-//! that dead-lettered it applies it now, or dead-letters it again.
+//! headers; its `dlq_*` headers ride along and the newest of each counts).
+//! Every consumer group of that topic sees it again: those that applied it
+//! drop it through their inbox, the one that dead-lettered it applies it
+//! now, or dead-letters it again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -20,15 +21,21 @@ use crate::kafka::{Kafka, topics};
 /// How long the broker may stay silent before a read gives up.
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Inboxes forget an event after `inbox::RETENTION`; a letter older than
+/// this (a day's margin) could be applied twice by consumers that applied
+/// it long ago, so replay leaves it to a person.
+const OLDEST_REPLAYABLE: Duration = crate::inbox::RETENTION.saturating_sub(Duration::from_secs(24 * 3600));
+
 /// One dead letter, as `list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
-    /// The consumer that gave up on it, its last error and its attempts.
+    /// The consumer that gave up on it last, its error and its attempts.
     pub consumer: String,
     pub error: String,
     pub attempts: String,
+    /// From the event's envelope; blank if the payload is not one.
     pub event_type: String,
     pub event_id: String,
 }
@@ -38,8 +45,10 @@ pub struct DeadLetter {
 pub struct Replayed {
     /// Sent back to their original topic.
     pub replayed: usize,
-    /// Left alone: another consumer dead-lettered them.
+    /// Passed over: another consumer dead-lettered them.
     pub skipped: usize,
+    /// Passed over: older than the inboxes remember (see `OLDEST_REPLAYABLE`).
+    pub too_old: usize,
 }
 
 /// Every dead letter of `logical_topic`, oldest first per partition.
@@ -49,12 +58,9 @@ pub async fn list(kafka: &Kafka, logical_topic: &str) -> anyhow::Result<Vec<Dead
     let reader = DlqReader::open(kafka, logical_topic, &group, false)?;
     let mut letters = Vec::new();
     reader
-        .read_to_end(|msg| {
-            let header = |name| header(msg, name).unwrap_or_default();
-            // From the envelope, not the headers: whatever wrote the event
-            // may not have set them; blank if even the envelope is unreadable.
-            let payload = msg.payload().unwrap_or_default();
-            let event = ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()).ok();
+        .read(|msg| {
+            let header = |name| newest_header(msg, name).unwrap_or_default();
+            let event = envelope(msg);
             letters.push(DeadLetter {
                 partition: msg.partition(),
                 offset: msg.offset(),
@@ -71,35 +77,47 @@ pub async fn list(kafka: &Kafka, logical_topic: &str) -> anyhow::Result<Vec<Dead
 }
 
 /// Publishes the dead letters of `logical_topic` that no earlier replay
-/// sent (with the same `only_consumer`) back to their original topic,
-/// then remembers how far it got. With `only_consumer`, only the letters
-/// that consumer dead-lettered go back; the others are passed over.
+/// with the same `only_consumer` sent, back to their original topic, then
+/// remembers how far it got. It reads up to the end the topic had when it
+/// started, so letters that fail again and come back are left for the
+/// next replay. With `only_consumer`, only the letters that consumer
+/// dead-lettered go back; the others are passed over.
 pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&str>) -> anyhow::Result<Replayed> {
     let group = kafka.config.group(&format!("dlq-replay.{}", only_consumer.unwrap_or("all")));
     let reader = DlqReader::open(kafka, logical_topic, &group, true)?;
     let default_topic = kafka.config.topic(logical_topic);
+    let oldest = chrono::Utc::now() - chrono::Duration::from_std(OLDEST_REPLAYABLE).unwrap_or_default();
     let mut done = Replayed::default();
     reader
-        .read_to_end(|msg| {
-            let wanted = only_consumer.is_none_or(|only| header(msg, "dlq_consumer").as_deref() == Some(only));
-            let original = header(msg, "dlq_original_topic").unwrap_or_else(|| default_topic.clone());
-            let mut headers = OwnedHeaders::new();
-            for h in msg.headers().into_iter().flat_map(|hs| hs.iter()) {
-                if !h.key.starts_with("dlq_") {
-                    headers = headers.insert(Header { key: h.key, value: h.value });
-                }
-            }
-            let (key, payload) = (msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec());
-            if wanted {
-                done.replayed += 1;
-            } else {
+        .read(|msg| {
+            let wanted = only_consumer.is_none_or(|only| newest_header(msg, "dlq_consumer").as_deref() == Some(only));
+            let occurred = envelope(msg).and_then(|e| e.occurred_at());
+            let send = if !wanted {
                 done.skipped += 1;
-            }
+                None
+            } else if occurred.is_some_and(|t| t < oldest) {
+                tracing::warn!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "dead letter older than the inboxes remember; not replayed"
+                );
+                done.too_old += 1;
+                None
+            } else {
+                done.replayed += 1;
+                let original = newest_header(msg, "dlq_original_topic").unwrap_or_else(|| default_topic.clone());
+                // Copied without reading their names (see `newest_header`).
+                let headers = msg.headers().map(|h| h.detach());
+                Some((original, msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec(), headers))
+            };
             async move {
-                if wanted {
-                    let mut record = FutureRecord::to(&original).payload(&payload).headers(headers);
+                if let Some((topic, key, payload, headers)) = send {
+                    let mut record = FutureRecord::to(&topic).payload(&payload);
                     if let Some(key) = &key {
                         record = record.key(key);
+                    }
+                    if let Some(headers) = headers {
+                        record = record.headers(headers);
                     }
                     kafka.producer().send(record, READ_TIMEOUT).await?;
                 }
@@ -110,17 +128,31 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
     Ok(done)
 }
 
-fn header(msg: &BorrowedMessage<'_>, name: &str) -> Option<String> {
-    let value = msg.headers()?.iter().find(|h| h.key == name)?.value?;
-    Some(String::from_utf8_lossy(value).into_owned())
+fn envelope(msg: &BorrowedMessage<'_>) -> Option<ReceivedEvent> {
+    let payload = msg.payload().unwrap_or_default();
+    ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()).ok()
+}
+
+/// The last value of header `name`: a letter replayed and dead-lettered
+/// again carries each `dlq_*` header twice, the newest last. rust-rdkafka
+/// panics reading a header name that is not UTF-8, which any producer can
+/// write: such a letter reads as having no headers.
+fn newest_header(msg: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    let read = || {
+        let value = msg.headers()?.iter().filter(|h| h.key == name).last()?.value?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).ok().flatten()
 }
 
 /// Reads a `.dlq` topic from the group's committed offsets (or the
-/// beginning) to its end, without joining the group.
+/// beginning) up to the end each partition had when it opened, without
+/// joining the group.
 struct DlqReader {
     consumer: StreamConsumer,
     topic: String,
-    partitions: usize,
+    /// Per partition still being read: the end it had at `open`.
+    ends: HashMap<i32, i64>,
     commit: bool,
 }
 
@@ -132,7 +164,10 @@ impl DlqReader {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
+            // A committed offset the log no longer holds (retention, a
+            // recreated topic) restarts from the oldest letter, never skips
+            // to the end: a replayed duplicate is what inboxes absorb.
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), READ_TIMEOUT)?;
         let partitions: Vec<i32> = metadata
@@ -148,44 +183,53 @@ impl DlqReader {
         }
         let committed = consumer.committed_offsets(wanted, READ_TIMEOUT)?;
         let mut start = TopicPartitionList::new();
+        let mut ends = HashMap::new();
         for e in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(&topic, e.partition(), READ_TIMEOUT)?;
             let from = match e.offset() {
-                Offset::Offset(o) if commit => Offset::Offset(o),
-                _ => Offset::Beginning,
+                Offset::Offset(o) if commit && (low..=high).contains(&o) => o,
+                _ => low,
             };
-            start.add_partition_offset(&topic, e.partition(), from)?;
+            if from < high {
+                start.add_partition_offset(&topic, e.partition(), Offset::Offset(from))?;
+                ends.insert(e.partition(), high);
+            }
         }
-        consumer.assign(&start)?;
-        Ok(Self { consumer, topic, partitions: partitions.len(), commit })
+        if !ends.is_empty() {
+            consumer.assign(&start)?;
+        }
+        Ok(Self { consumer, topic, ends, commit })
     }
 
-    /// Hands each message to `each` in order, until every partition is at
-    /// its end; then, if this reader commits, records how far it got.
-    async fn read_to_end<F, Fut>(self, mut each: F) -> anyhow::Result<()>
+    /// Hands each message to `each` in order until every partition reached
+    /// the end it had at `open`; then, if this reader commits, records how
+    /// far it got.
+    async fn read<F, Fut>(mut self, mut each: F) -> anyhow::Result<()>
     where
         F: FnMut(&BorrowedMessage<'_>) -> Fut,
         Fut: std::future::Future<Output = Result<(), KafkaError>>,
     {
-        let mut at_end = HashSet::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
-        while at_end.len() < self.partitions {
+        while !self.ends.is_empty() {
             let msg = match tokio::time::timeout(READ_TIMEOUT, self.consumer.recv()).await {
                 Err(_) => anyhow::bail!("no answer from the broker reading {}", self.topic),
-                Ok(Err(KafkaError::PartitionEOF(p))) => {
-                    at_end.insert(p);
-                    continue;
-                }
                 Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(msg)) => msg,
             };
-            at_end.remove(&msg.partition());
-            each(&msg).await?;
-            next.insert(msg.partition(), msg.offset() + 1);
+            let partition = msg.partition();
+            let Some(&end) = self.ends.get(&partition) else { continue };
+            if msg.offset() < end {
+                each(&msg).await?;
+                next.insert(partition, msg.offset() + 1);
+            }
+            if msg.offset() + 1 >= end {
+                self.ends.remove(&partition);
+            }
         }
         if self.commit && !next.is_empty() {
             let mut done = TopicPartitionList::new();
-            for (p, o) in next {
-                done.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+            for (partition, offset) in next {
+                done.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
             }
             self.consumer.commit(&done, CommitMode::Sync)?;
         }

@@ -54,9 +54,9 @@ enum Command {
 enum DlqAction {
     /// Every dead letter of a topic (e.g. order-events): consumer, attempts, error, event.
     List { topic: String },
-    /// Publish the topic's dead letters no earlier replay sent back to the
-    /// topic: the consumer that gave up on each applies it, the others'
-    /// inboxes drop it.
+    /// Publish the topic's dead letters no earlier replay (with the same
+    /// --consumer) sent back to the topic: the consumer that gave up on each
+    /// applies it, the others' inboxes drop it.
     Replay {
         topic: String,
         /// Only the letters this consumer dead-lettered (e.g. inventory).
@@ -185,7 +185,10 @@ async fn dead_letters(action: DlqAction) -> anyhow::Result<()> {
         }
         DlqAction::Replay { consumer, .. } => {
             let done = dlq::replay(&kafka, &topic, consumer.as_deref()).await?;
-            println!("{} replayed to {topic}, {} left for other consumers", done.replayed, done.skipped);
+            println!(
+                "{} replayed to {topic}, {} left for other consumers, {} too old to replay safely (see `dlq list`)",
+                done.replayed, done.skipped, done.too_old
+            );
         }
     }
     kafka.flush(std::time::Duration::from_secs(10)).await;

@@ -609,45 +609,53 @@ impl EventHandler for FixableHandler {
     }
 }
 
-/// A dead letter can be listed, and once its cause is fixed, replayed: the
-/// consumer that gave up on it applies it once; a second replay sends
-/// nothing again; a replay for another consumer passes it over.
+/// A dead letter can be listed, and once its cause is fixed, replayed: a
+/// replay before the fix dead-letters it again (and stops at the end the
+/// topic had, not chasing it); the one after the fix sends only the newer
+/// letter, which the consumer applies once; a replay for another consumer
+/// passes it over; nothing is sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() {
-    use shopmesh_platform::dlq;
+    use shopmesh_platform::dlq::{self, Replayed};
     let env = TestEnv::new();
     let pool = counting_database(&env, "dlq_replay", 2).await;
     let kafka = env.kafka();
     kafka.ensure_topics(&[topics::USER]).await.unwrap();
     let handler = Arc::new(FixableHandler { broken: true.into() });
     spawn_probe(&env, &pool, &kafka, handler.clone());
+    let letters_at_least = |n: usize| {
+        let kafka = kafka.clone();
+        async move {
+            eventually(&format!("{n} dead letters"), Duration::from_secs(30), || async {
+                let letters = dlq::list(&kafka, topics::USER).await.unwrap();
+                (letters.len() >= n).then_some(letters)
+            })
+            .await
+        }
+    };
 
     let envelope = registered("unlucky");
     publish_raw(&kafka, topics::USER, "unlucky", &envelope.encode_to_vec()).await;
-    let letters = eventually("dead-lettered", Duration::from_secs(30), || async {
-        let letters = dlq::list(&kafka, topics::USER).await.unwrap();
-        (!letters.is_empty()).then_some(letters)
-    })
-    .await;
+    let letters = letters_at_least(1).await;
     assert_eq!(letters.len(), 1);
     assert_eq!((letters[0].consumer.as_str(), letters[0].event_id.as_str()), ("probe", envelope.id.as_str()));
     assert!(letters[0].error.contains("the handler has a bug"), "{letters:?}");
     assert_eq!(letters[0].event_type, "shopmesh.events.v1.UserRegistered");
-
     let id: uuid::Uuid = envelope.id.parse().unwrap();
-    assert_eq!(times_applied(&pool, id).await.unwrap(), 0);
-    assert_eq!(
-        dlq::replay(&kafka, topics::USER, Some("search")).await.unwrap(),
-        dlq::Replayed { replayed: 0, skipped: 1 }
-    );
+
+    let only = |replayed, skipped| Replayed { replayed, skipped, too_old: 0 };
+    assert_eq!(dlq::replay(&kafka, topics::USER, Some("search")).await.unwrap(), only(0, 1));
+    assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), only(1, 0), "replayed before the fix");
+    let letters = letters_at_least(2).await;
+    assert_eq!(letters.len(), 2, "dead-lettered again, once: {letters:?}");
+    assert_eq!(letters[1].consumer, "probe", "the newest dlq headers count");
+    assert_eq!(letters[1].event_id, envelope.id);
+
     handler.broken.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(
-        dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(),
-        dlq::Replayed { replayed: 1, skipped: 0 }
-    );
+    assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), only(1, 0), "only the newer letter");
     applied_once("applied once replayed", &pool, id).await;
-    assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), dlq::Replayed::default(), "sent once");
-    assert_eq!(dlq::list(&kafka, topics::USER).await.unwrap().len(), 1, "listing and replaying leave the letter");
+    assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), only(0, 0), "nothing sent twice");
+    assert_eq!(dlq::list(&kafka, topics::USER).await.unwrap().len(), 2, "listing and replaying leave the letters");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(times_applied(&pool, id).await.unwrap(), 1);
 }
