@@ -105,14 +105,18 @@ fn is_provider_token(token: &str) -> bool {
         && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The caller's Idempotency-Key: any UTF-8 string, kept as sent (HTTP has
-/// already dropped the spaces around a header value).
+/// The caller's Idempotency-Key: any UTF-8 string that is not blank, kept
+/// as sent (through the gateway, HTTP has already dropped the spaces around
+/// a header value; a gRPC caller's are part of its key).
 fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     let Some(value) = req.metadata().get("idempotency-key") else { return Ok(None) };
     let key = std::str::from_utf8(value.as_encoded_bytes())
         .map_err(|_| invalid_argument("Idempotency-Key", "must be UTF-8 text"))?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(invalid_argument("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
+    if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid_argument(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not blank"),
+        ));
     }
     Ok(Some(key.to_owned()))
 }
@@ -412,6 +416,25 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keyed(raw: &[u8]) -> Request<()> {
+        let mut req = Request::new(());
+        let value = tonic::metadata::AsciiMetadataValue::try_from(raw).expect("header bytes");
+        req.metadata_mut().insert("idempotency-key", value);
+        req
+    }
+
+    #[test]
+    fn an_idempotency_key_is_any_utf8_text_kept_as_sent_and_never_blank() {
+        assert_eq!(idempotency_key(&Request::new(())).unwrap(), None);
+        for key in ["checkout-42", "заказ-42 ✓", " padded "] {
+            assert_eq!(idempotency_key(&keyed(key.as_bytes())).unwrap().as_deref(), Some(key));
+        }
+        for bad in [&b" \t "[..], b"\xff\xfe", &[b'k'; 256]] {
+            let refused = idempotency_key(&keyed(bad)).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
 
     #[test]
     fn provider_tokens_pass_and_card_details_do_not() {
