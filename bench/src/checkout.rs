@@ -24,6 +24,9 @@ const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Polling for final states is load on the system being measured; latency
 /// comes from the orders' own timestamps, so polling gently costs no accuracy.
 const SETTLE_CONCURRENCY: usize = 8;
+/// Before the idle sample: setup's last events are still being consumed.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+const IDLE_SAMPLE: Duration = Duration::from_secs(3);
 const SETTLE_POLL_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Clone)]
@@ -136,6 +139,21 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
         setup.as_secs_f64(),
         users as f64 / setup.as_secs_f64()
     ));
+
+    // What the stack burns doing nothing (consumers polling the broker, say),
+    // once setup's last events have been handled.
+    tokio::time::sleep(IDLE_SETTLE).await;
+    if let Some(idle) = cpu::Snapshot::take() {
+        tokio::time::sleep(IDLE_SAMPLE).await;
+        if let Some(after) = cpu::Snapshot::take() {
+            let share = |d: &Duration| d.as_secs_f64() / IDLE_SAMPLE.as_secs_f64() * 100.0;
+            let spent = idle.spent_until(&after);
+            let total: f64 = spent.iter().map(|(_, d)| share(d)).sum();
+            let parts: Vec<String> = spent.iter().map(|(p, d)| format!("{p} {:.0}%", share(d))).collect();
+            report.say(format!("idle: {total:.0}% of a core before the first checkout ({})", parts.join(", ")));
+            report.set("idle_cpu_percent_of_a_core", json!(total));
+        }
+    }
 
     // Open loop: checkout k starts at k / rate, whatever happened before it.
     let cpu_before = cpu::Snapshot::take();
