@@ -227,7 +227,7 @@ impl Refunds<'_> {
         let found = match earlier_capture(self.router, order_id, order.may_hold).await {
             Ok(found) => found,
             Err(HandlerError::Retryable(why)) => {
-                let attempts = before.attempts + 1;
+                let attempts = before.after(CheckAnswer::Unanswered).attempts;
                 tracing::warn!(%order_id, attempts, error = %why, "cancelled order: a provider cannot say yet whether it holds money; asking again later");
                 return self.ask_again(tx, &order, before, CheckAnswer::Unanswered, &why).await;
             }
@@ -235,7 +235,7 @@ impl Refunds<'_> {
         };
         let Some((provider, charge)) = found else {
             // Only answers count here: an outage before them spends none of the window.
-            let empty_answers = before.empty_answers + 1;
+            let empty_answers = before.after(CheckAnswer::HoldsNothing).empty_answers;
             if !order.may_hold.is_empty() && empty_answers <= IN_FLIGHT_CHECKS {
                 // Asked, and it never refused: a charge request still in
                 // flight there may yet land. Look again for a while.
@@ -389,7 +389,8 @@ impl RefundRetrier {
     pub async fn check_due_captures(&self) -> Result<usize, HandlerError> {
         let due = store::due_capture_checks(&self.pool, REFUNDS_PER_PASS).await?;
         for check in &due {
-            let attempts = check.history.attempts.saturating_add(1);
+            let (history, failed) = (check.history, CheckAnswer::Unanswered);
+            let attempts = history.after(failed).attempts;
             let (why, retry_in) = match self.check_capture(check).await {
                 Ok(()) => continue,
                 // The database is down: so is every other check.
@@ -400,7 +401,6 @@ impl RefundRetrier {
             tracing::error!(order_id = %check.order_id, error = %why, retry_in_ms = retry_in.as_millis() as u64,
                 "a cancelled order's capture check failed; a person may need to look at it");
             let mut tx = self.pool.begin().await?;
-            let (history, failed) = (check.history, CheckAnswer::Unanswered);
             store::owe_capture_check(&mut tx, check.order_id, check.user_id, history, failed, &why, retry_in).await?;
             tx.commit().await?;
         }

@@ -186,6 +186,22 @@ impl Harness {
             .unwrap()
     }
 
+    /// The primary takes `order`'s charge request and no answer comes back
+    /// (it may still be in flight): the reservation is to be retried.
+    async fn charge_goes_unanswered(&self, order: Uuid, user: Uuid, minor: i64) {
+        self.primary.silent.store(true, Ordering::SeqCst);
+        let outcome = self.deliver(&reserved(order, user, "tok_visa", minor)).await;
+        assert!(matches!(outcome, Err(HandlerError::Retryable(_))), "{outcome:?}");
+        self.primary.silent.store(false, Ordering::SeqCst);
+    }
+
+    /// The due capture check of `order` finds the charge `reference` and refunds it.
+    async fn assert_next_check_refunds(&self, order: Uuid, reference: &str) {
+        assert_eq!(self.refund_retrier().check_due_captures().await.unwrap(), 1);
+        assert_eq!(self.status_of(order).await.as_deref(), Some("REFUNDED"));
+        assert!(self.primary.inner.is_refunded(reference).await);
+    }
+
     async fn status_of(&self, order_id: Uuid) -> Option<String> {
         sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
             .bind(order_id)
@@ -498,9 +514,7 @@ async fn a_capture_the_secondary_took_while_the_primary_was_down_is_found_while_
 async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
     let h = harness().await;
     let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
-    h.primary.silent.store(true, Ordering::SeqCst);
-    assert!(matches!(h.deliver(&reserved(order, user, "tok_visa", 1500)).await, Err(HandlerError::Retryable(_))));
-    h.primary.silent.store(false, Ordering::SeqCst);
+    h.charge_goes_unanswered(order, user, 1500).await;
     assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap());
     assert_eq!(h.status_of(order).await, None);
 
@@ -508,15 +522,11 @@ async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
     let amount = usd(1500);
     let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &amount).await.unwrap();
     assert_eq!(h.make_capture_check_due(order).await, Some(1), "kept asking after the provider said nothing");
-    assert_eq!(h.refund_retrier().check_due_captures().await.unwrap(), 1);
-    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
-    assert!(h.primary.inner.is_refunded(&landed.provider_reference).await);
+    h.assert_next_check_refunds(order, &landed.provider_reference).await;
 
     // Where nothing lands, the asking ends.
     let (quiet, user) = (Uuid::now_v7(), Uuid::now_v7());
-    h.primary.silent.store(true, Ordering::SeqCst);
-    assert!(h.deliver(&reserved(quiet, user, "tok_visa", 1500)).await.is_err());
-    h.primary.silent.store(false, Ordering::SeqCst);
+    h.charge_goes_unanswered(quiet, user, 1500).await;
     assert!(h.deliver(&cancelled(quiet, user, CancelReason::Timeout)).await.unwrap());
     let mut asked = 0;
     while h.make_capture_check_due(quiet).await.is_some() {
@@ -536,9 +546,7 @@ async fn a_charge_landing_after_the_cancellation_looked_for_it_is_refunded() {
 async fn a_long_silence_does_not_use_up_the_wait_for_a_charge_in_flight() {
     let h = harness().await;
     let (order, user) = (Uuid::now_v7(), Uuid::now_v7());
-    h.primary.silent.store(true, Ordering::SeqCst);
-    assert!(matches!(h.deliver(&reserved(order, user, "tok_visa", 2100)).await, Err(HandlerError::Retryable(_))));
-    h.primary.silent.store(false, Ordering::SeqCst);
+    h.charge_goes_unanswered(order, user, 2100).await;
     // Then it goes down for longer than the window: it cannot say what it holds.
     h.primary.down.store(true, Ordering::SeqCst);
     assert!(h.deliver(&cancelled(order, user, CancelReason::Timeout)).await.unwrap());
@@ -564,9 +572,7 @@ async fn a_long_silence_does_not_use_up_the_wait_for_a_charge_in_flight() {
 
     let landed = h.primary.inner.charge(&order.to_string(), "tok_visa", &usd(2100)).await.unwrap();
     h.make_capture_check_due(order).await.unwrap();
-    assert_eq!(retrier.check_due_captures().await.unwrap(), 1);
-    assert_eq!(h.status_of(order).await.as_deref(), Some("REFUNDED"));
-    assert!(h.primary.inner.is_refunded(&landed.provider_reference).await);
+    h.assert_next_check_refunds(order, &landed.provider_reference).await;
     h.drop_db().await;
 }
 
