@@ -174,6 +174,13 @@ fn registered(user: &str) -> shopmesh_platform::pb::events::v1::EventEnvelope {
     shopmesh_platform::events::envelope("test", &UserRegistered { user_id: user.into(), ..Default::default() })
 }
 
+/// The env's Kafka with the user topic (and its `.dlq`) created.
+async fn user_topic(env: &TestEnv) -> Kafka {
+    let kafka = env.kafka();
+    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    kafka
+}
+
 /// Runs consumer group "probe" on the user topic with `handler` until the env shuts down.
 fn spawn_probe(env: &TestEnv, pool: &sqlx::PgPool, kafka: &Kafka, handler: Arc<dyn EventHandler>) {
     let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
@@ -229,8 +236,7 @@ async fn a_services_database_settings_hold_on_every_connection() {
 async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() {
     let env = TestEnv::new();
     let pool = counting_database(&env, "outbox", 5).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let topic = kafka.config.topic(topics::USER);
 
     // An event committed with its transaction; one that rolled back must never leave.
@@ -311,8 +317,7 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
 async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_nothing_else() {
     let env = TestEnv::new();
     let pool = platform_database(&env, "outbox_refused", 5).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let observer = env.observer(&kafka.config.topic(topics::USER));
     let outbox = Outbox::new("test");
     let registered = |user: &str, name: String| UserRegistered { user_id: user.into(), name, ..Default::default() };
@@ -364,8 +369,7 @@ async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_
 async fn an_outbox_row_written_by_the_callers_own_statement_is_stored_and_published_like_an_enqueued_event() {
     let env = TestEnv::new();
     let pool = platform_database(&env, "outbox_row", 5).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let observer = env.observer(&kafka.config.topic(topics::USER));
     let outbox = Outbox::new("test");
 
@@ -412,8 +416,7 @@ async fn an_outbox_row_written_by_the_callers_own_statement_is_stored_and_publis
 async fn a_commit_wakes_the_publishing_relay_here_or_on_another_replica() {
     let env = TestEnv::new();
     let pool = platform_database(&env, "outbox_wake", 5).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let observer = env.observer(&kafka.config.topic(topics::USER));
     // Polling so rare that within this test only a wake-up can publish.
     let config = RelayConfig { poll_interval: Duration::from_secs(3600), ..RelayConfig::default() };
@@ -527,8 +530,7 @@ impl EventHandler for CommitWatcher {
 async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_committed() {
     let env = TestEnv::new();
     let pool = counting_database(&env, "after_commit", 5).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
 
     // One key, one partition: the consumer most likely takes all four in
     // one batch, which the poison rolls back before each is applied alone.
@@ -558,8 +560,7 @@ async fn after_commit_hears_of_each_applied_event_once_and_only_once_it_is_commi
 async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
     let env = TestEnv::new(); // KAFKA_MAX_ATTEMPTS=3: dead-lettered within a second, if counted
     let pool = counting_database(&env, "outage", 2).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let dlq = env.observer(&kafka.config.topic(&topics::dlq(topics::USER)));
 
     // The database goes away: new sessions refused, the pool's ended.
@@ -619,8 +620,7 @@ async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() 
     use shopmesh_platform::dlq::{self, Replayed};
     let env = TestEnv::new();
     let pool = counting_database(&env, "dlq_replay", 2).await;
-    let kafka = env.kafka();
-    kafka.ensure_topics(&[topics::USER]).await.unwrap();
+    let kafka = user_topic(&env).await;
     let handler = Arc::new(FixableHandler { broken: true.into() });
     spawn_probe(&env, &pool, &kafka, handler.clone());
     let letters_at_least = |n: usize| {
