@@ -146,10 +146,9 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
     if let Some(idle) = cpu::Snapshot::take() {
         tokio::time::sleep(IDLE_SAMPLE).await;
         if let Some(after) = cpu::Snapshot::take() {
-            let share = |d: &Duration| d.as_secs_f64() / IDLE_SAMPLE.as_secs_f64() * 100.0;
             let spent = idle.spent_until(&after);
-            let total: f64 = spent.iter().map(|(_, d)| share(d)).sum();
-            let parts: Vec<String> = spent.iter().map(|(p, d)| format!("{p} {:.0}%", share(d))).collect();
+            let (total, shares) = cpu::in_units(&spent, |d| d.as_secs_f64() / IDLE_SAMPLE.as_secs_f64() * 100.0);
+            let parts: Vec<String> = shares.iter().map(|(p, v)| format!("{p} {v:.0}%")).collect();
             report.say(format!("idle: {total:.0}% of a core before the first checkout ({})", parts.join(", ")));
             report.set("idle_cpu_percent_of_a_core", json!(total));
         }
@@ -270,9 +269,8 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
     let cpu_per_order = match (&cpu_before, &cpu_after) {
         (Some(before), Some(after)) if final_count > 0 => {
             let spent = before.spent_until(after);
-            let per_order = |d: &Duration| d.as_secs_f64() * 1e3 / final_count as f64;
-            let total: f64 = spent.iter().map(|(_, d)| per_order(d)).sum();
-            let parts: Vec<String> = spent.iter().map(|(p, d)| format!("{p} {:.2}", per_order(d))).collect();
+            let (total, shares) = cpu::in_units(&spent, |d| d.as_secs_f64() * 1e3 / final_count as f64);
+            let parts: Vec<String> = shares.iter().map(|(p, v)| format!("{p} {v:.2}")).collect();
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let budget = cores as f64 * 1e3 / TARGET_ORDERS_PER_SEC;
             report.say(format!(
@@ -281,7 +279,7 @@ pub async fn run(report: &mut Report, gw: &Gateway, args: &CheckoutArgs) -> anyh
                 parts.join(", ")
             ));
             let by_program: serde_json::Map<String, Value> =
-                spent.iter().map(|(p, d)| (p.clone(), json!(per_order(d)))).collect();
+                shares.iter().map(|&(p, v)| (p.to_owned(), json!(v))).collect();
             json!({"total_ms": total, "by_program_ms": by_program, "budget_ms": budget})
         }
         _ => Value::Null,

@@ -67,6 +67,13 @@ impl Snapshot {
     }
 }
 
+/// `spent` in `unit` (per order, per cent of a core, …): the total and each
+/// program's share, as `spent_until` ordered them.
+pub fn in_units(spent: &[(String, Duration)], unit: impl Fn(Duration) -> f64) -> (f64, Vec<(&str, f64)>) {
+    let shares: Vec<(&str, f64)> = spent.iter().map(|(p, d)| (p.as_str(), unit(*d))).collect();
+    (shares.iter().map(|(_, v)| v).sum(), shares)
+}
+
 /// Start time and CPU ticks from a /proc/<pid>/stat line. The name sits in
 /// parentheses and may itself hold spaces or parentheses.
 fn parse_stat(stat: &str) -> Option<(u64, Ticks)> {
