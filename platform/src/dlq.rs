@@ -4,9 +4,10 @@
 //! headers; its `dlq_*` headers ride along and the newest of each counts).
 //! Every consumer group of that topic sees it again: those that applied it
 //! drop it through their inbox, the one that dead-lettered it applies it
-//! now, or dead-letters it again.
+//! now, or dead-letters it again. A message several consumers gave up on
+//! left a letter from each; one replay sends it back once, to them all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -49,6 +50,9 @@ pub struct Replayed {
     pub skipped: usize,
     /// Passed over: older than the inboxes remember (see `OLDEST_REPLAYABLE`).
     pub too_old: usize,
+    /// Passed over: another consumer's letter for the same message was
+    /// sent back by this replay (every group of the topic sees it).
+    pub same_message: usize,
 }
 
 /// Every dead letter of `logical_topic`, oldest first per partition.
@@ -81,19 +85,26 @@ pub async fn list(kafka: &Kafka, logical_topic: &str) -> anyhow::Result<Vec<Dead
 /// remembers how far it got. It reads up to the end the topic had when it
 /// started, so letters that fail again and come back are left for the
 /// next replay. With `only_consumer`, only the letters that consumer
-/// dead-lettered go back; the others are passed over.
+/// dead-lettered go back; the others are passed over. Letters that name the
+/// same original message go back once: sent once per letter, a message
+/// every consumer fails on (a payload none can decode) would come back
+/// from each of them once per copy, multiplying with every replay.
 pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&str>) -> anyhow::Result<Replayed> {
     let group = kafka.config.group(&format!("dlq-replay.{}", only_consumer.unwrap_or("all")));
     let reader = DlqReader::open(kafka, logical_topic, &group, true)?;
     let default_topic = kafka.config.topic(logical_topic);
     let oldest = chrono::Utc::now() - chrono::Duration::from_std(OLDEST_REPLAYABLE).unwrap_or_default();
     let mut done = Replayed::default();
+    let mut sent_back = HashSet::new();
     reader
         .read(|msg| {
             let wanted = only_consumer.is_none_or(|only| newest_header(msg, "dlq_consumer").as_deref() == Some(only));
             let occurred = envelope(msg).and_then(|e| e.occurred_at());
             let send = if !wanted {
                 done.skipped += 1;
+                None
+            } else if original_position(msg).is_some_and(|at| !sent_back.insert(at)) {
+                done.same_message += 1;
                 None
             } else if occurred.is_some_and(|t| t < oldest) {
                 tracing::warn!(
@@ -126,6 +137,13 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
         })
         .await?;
     Ok(done)
+}
+
+/// Where the message a letter holds was read (topic, partition, offset),
+/// as the consumer that dead-lettered it recorded; `None` if it did not.
+fn original_position(msg: &BorrowedMessage<'_>) -> Option<(String, String, String)> {
+    let header = |name| newest_header(msg, name);
+    Some((header("dlq_original_topic")?, header("dlq_original_partition")?, header("dlq_original_offset")?))
 }
 
 fn envelope(msg: &BorrowedMessage<'_>) -> Option<ReceivedEvent> {

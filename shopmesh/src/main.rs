@@ -186,8 +186,9 @@ async fn dead_letters(action: DlqAction) -> anyhow::Result<()> {
         DlqAction::Replay { consumer, .. } => {
             let done = dlq::replay(&kafka, &topic, consumer.as_deref()).await?;
             println!(
-                "{} replayed to {topic}, {} left for other consumers, {} too old to replay safely (see `dlq list`)",
-                done.replayed, done.skipped, done.too_old
+                "{} replayed to {topic}, {} left for other consumers, {} too old to replay safely (see `dlq list`), \
+                 {} already sent back for another consumer",
+                done.replayed, done.skipped, done.too_old, done.same_message
             );
         }
     }

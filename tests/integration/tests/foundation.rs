@@ -183,8 +183,13 @@ async fn user_topic(env: &TestEnv) -> Kafka {
 
 /// Runs consumer group "probe" on the user topic with `handler` until the env shuts down.
 fn spawn_probe(env: &TestEnv, pool: &sqlx::PgPool, kafka: &Kafka, handler: Arc<dyn EventHandler>) {
-    let consumer = EventConsumer { name: "probe".into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
-    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new("probe"), env.shutdown.clone()));
+    spawn_user_consumer(env, "probe", pool, kafka, handler);
+}
+
+/// Runs consumer group `name` on the user topic with `handler` until the env shuts down.
+fn spawn_user_consumer(env: &TestEnv, name: &str, pool: &sqlx::PgPool, kafka: &Kafka, handler: Arc<dyn EventHandler>) {
+    let consumer = EventConsumer { name: name.into(), topics: vec![topics::USER], handler, pace: Pace::Prompt };
+    tokio::spawn(consumer.run(pool.clone(), kafka.clone(), Outbox::new(name), env.shutdown.clone()));
 }
 
 /// `platform_database` with the table `CountingHandler` writes.
@@ -643,7 +648,7 @@ async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() 
     assert_eq!(letters[0].event_type, "shopmesh.events.v1.UserRegistered");
     let id: uuid::Uuid = envelope.id.parse().unwrap();
 
-    let only = |replayed, skipped| Replayed { replayed, skipped, too_old: 0 };
+    let only = |replayed, skipped| Replayed { replayed, skipped, ..Replayed::default() };
     assert_eq!(dlq::replay(&kafka, topics::USER, Some("search")).await.unwrap(), only(0, 1));
     assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), only(1, 0), "replayed before the fix");
     let letters = letters_at_least(2).await;
@@ -658,4 +663,59 @@ async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() 
     assert_eq!(dlq::list(&kafka, topics::USER).await.unwrap().len(), 2, "listing and replaying leave the letters");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(times_applied(&pool, id).await.unwrap(), 1);
+}
+
+/// Two consumers that gave up on the same message left a letter each; a
+/// replay of all letters sends it back once, which both see: while they
+/// still fail, the letters stay two per round instead of doubling, and
+/// once fixed each applies it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_two_consumers_dead_lettered_is_replayed_once_to_both() {
+    use shopmesh_platform::dlq::{self, Replayed};
+    let env = TestEnv::new();
+    let kafka = user_topic(&env).await;
+    let mut consumers = Vec::new();
+    for name in ["probe", "search"] {
+        let pool = counting_database(&env, &format!("dlq_{name}"), 2).await;
+        let handler = Arc::new(FixableHandler { broken: true.into() });
+        spawn_user_consumer(&env, name, &pool, &kafka, handler.clone());
+        consumers.push((pool, handler));
+    }
+    let letters = |n: usize| {
+        let kafka = kafka.clone();
+        async move {
+            eventually(&format!("{n} dead letters"), Duration::from_secs(30), || async {
+                let letters = dlq::list(&kafka, topics::USER).await.unwrap();
+                (letters.len() >= n).then_some(letters)
+            })
+            .await
+        }
+    };
+    let consumers_of = |letters: &[dlq::DeadLetter]| {
+        let mut names: Vec<String> = letters.iter().map(|l| l.consumer.clone()).collect();
+        names.sort();
+        names
+    };
+
+    let envelope = registered("twice_unlucky");
+    publish_raw(&kafka, topics::USER, "twice_unlucky", &envelope.encode_to_vec()).await;
+    assert_eq!(consumers_of(&letters(2).await), ["probe", "search"]);
+
+    let once = Replayed { replayed: 1, same_message: 1, ..Replayed::default() };
+    assert_eq!(dlq::replay(&kafka, topics::USER, None).await.unwrap(), once, "still broken");
+    let again = letters(4).await;
+    assert_eq!(consumers_of(&again[2..]), ["probe", "search"], "each dead-lettered the one copy");
+    // A second copy would have come back from both within this wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(dlq::list(&kafka, topics::USER).await.unwrap().len(), 4, "two letters per round, not doubling");
+
+    for (_, handler) in &consumers {
+        handler.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    assert_eq!(dlq::replay(&kafka, topics::USER, None).await.unwrap(), once, "fixed");
+    let id: uuid::Uuid = envelope.id.parse().unwrap();
+    for (pool, _) in &consumers {
+        applied_once("applied once by each consumer", pool, id).await;
+    }
+    assert_eq!(dlq::replay(&kafka, topics::USER, None).await.unwrap(), Replayed::default(), "nothing sent twice");
 }
