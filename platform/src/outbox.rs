@@ -267,6 +267,18 @@ impl OutboxRelay {
                     self.final_flush(&mut lock).await;
                     break 'leadership;
                 }
+                // Before the pass, which `continue`s while failing or busy:
+                // the backlog gauges matter most during a broker outage.
+                // The lag is a full scan of the unsent rows: at most every
+                // few seconds, not after every batch of a busy relay.
+                if last_lag_report.is_none_or(|t| t.elapsed() > LAG_REPORT_INTERVAL) {
+                    self.record_lag().await;
+                    last_lag_report = Some(tokio::time::Instant::now());
+                }
+                if last_cleanup.elapsed() > Duration::from_secs(600) {
+                    self.cleanup().await;
+                    last_cleanup = tokio::time::Instant::now();
+                }
                 match self.publish_batch_on(&mut lock).await {
                     Ok(pass) => {
                         backoff = Duration::ZERO;
@@ -289,16 +301,6 @@ impl OutboxRelay {
                         }
                         continue;
                     }
-                }
-                // A full scan of the unsent rows: at most every few seconds,
-                // not after every batch of a busy relay.
-                if last_lag_report.is_none_or(|t| t.elapsed() > LAG_REPORT_INTERVAL) {
-                    self.record_lag().await;
-                    last_lag_report = Some(tokio::time::Instant::now());
-                }
-                if last_cleanup.elapsed() > Duration::from_secs(600) {
-                    self.cleanup().await;
-                    last_cleanup = tokio::time::Instant::now();
                 }
                 let other_replica = async {
                     match listener.as_mut() {

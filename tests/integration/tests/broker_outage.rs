@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shopmesh_integration_tests::SAGA_CONSUMERS;
 use shopmesh_integration_tests::broker::PrivateBroker;
+use shopmesh_integration_tests::eventually;
 use shopmesh_integration_tests::shop::{SAGA, Shop, history};
 use sqlx::Row;
 
@@ -85,6 +86,19 @@ async fn events_wait_in_the_outbox_while_the_broker_is_down_and_drain_when_it_re
         attempts >= 1 && last_error.is_some(),
         "the relay tried, failed and kept the row: {attempts} {last_error:?}"
     );
+    // The backlog shows in /metrics while the broker is down, not only once it drains.
+    let (order, _) = shop.order.as_ref().unwrap();
+    let metrics = format!("http://{}/metrics", order.http_addr);
+    let gauge = |text: &str, name: &str| {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name}{{service=\"order\"}} ")))?;
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    eventually("the outbox backlog reported during the outage", Duration::from_secs(15), || async {
+        let text = shop.http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        let (pending, lag) = (gauge(&text, "outbox_pending")?, gauge(&text, "outbox_lag_seconds")?);
+        (pending >= 1.0 && lag >= 1.0).then_some(())
+    })
+    .await;
 
     broker.resume();
     let order = shop.final_order(&alice, &second).await;
