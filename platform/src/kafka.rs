@@ -35,6 +35,14 @@ pub mod topics {
 
 const PARTITIONS: i32 = 3;
 
+/// How long event topics keep a message: well inside what inboxes remember
+/// (`inbox::RETENTION`), so a group that starts over from the oldest
+/// offset (its committed offsets expired while it was down) meets only
+/// events its inbox still knows, never one it applied and forgot. The
+/// broker's default could be anything; dead letters keep it (a person
+/// reads them, and replay refuses the old ones).
+pub const EVENT_RETENTION: Duration = Duration::from_secs(crate::inbox::RETENTION.as_secs() / 2);
+
 /// Logs group membership changes: when a consumer stalls, the first
 /// question is whether it holds any partitions.
 pub struct GroupLogging {
@@ -292,13 +300,14 @@ impl Kafka {
 
     /// Creates each logical topic and its `.dlq` twin if missing.
     pub async fn ensure_topics(&self, logical: &[&str]) -> Result<(), rdkafka::error::KafkaError> {
-        let mut names = Vec::new();
-        for t in logical {
-            names.push(self.config.topic(t));
-            names.push(self.config.topic(&topics::dlq(t)));
-        }
-        let new: Vec<NewTopic<'_>> =
-            names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
+        let retention = EVENT_RETENTION.as_millis().to_string();
+        let events: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();
+        let letters: Vec<String> = logical.iter().map(|t| self.config.topic(&topics::dlq(t))).collect();
+        let new: Vec<NewTopic<'_>> = events
+            .iter()
+            .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", &retention))
+            .chain(letters.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))))
+            .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in self.admin.create_topics(&new, &opts).await? {
             match result {

@@ -719,3 +719,30 @@ async fn a_message_two_consumers_dead_lettered_is_replayed_once_to_both() {
     }
     assert_eq!(dlq::replay(&kafka, topics::USER, None).await.unwrap(), Replayed::default(), "nothing sent twice");
 }
+
+/// Event topics keep a message for less time than inboxes remember its id,
+/// whatever the broker's default: a group that starts over from the oldest
+/// offset cannot meet an event it applied and forgot. Dead letters keep
+/// the broker's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_topics_keep_messages_for_less_time_than_inboxes_remember() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use shopmesh_platform::kafka::EVENT_RETENTION;
+    assert!(EVENT_RETENTION < shopmesh_platform::inbox::RETENTION);
+    let env = TestEnv::new();
+    let kafka = user_topic(&env).await;
+    let admin: AdminClient<_> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.config.brokers).create().unwrap();
+    let (events, letters) = (kafka.config.topic(topics::USER), kafka.config.topic(&topics::dlq(topics::USER)));
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(&events), ResourceSpecifier::Topic(&letters)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let retention: Vec<Option<String>> =
+        described.into_iter().map(|r| r.unwrap().get("retention.ms").and_then(|e| e.value.clone())).collect();
+    assert_eq!(retention[0], Some(EVENT_RETENTION.as_millis().to_string()), "{events}");
+    assert_ne!(retention[1], retention[0], "{letters} keeps the broker's default");
+}
