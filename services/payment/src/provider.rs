@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shopmesh_platform::money::{Currency, Money};
 
@@ -370,12 +370,18 @@ pub struct Routed<T> {
 /// Sends charges to the primary unless its breaker is open or it refuses,
 /// then to the secondary; a retry goes back to the provider an earlier
 /// attempt may have charged. Refunds go to whichever provider holds the charge.
+/// No call waits on a provider longer than `call_timeout`: one that hangs
+/// would hold the consumer, and every order behind it, with it.
 pub struct Router {
     primary: Arc<dyn PaymentProvider>,
     secondary: Arc<dyn PaymentProvider>,
     breaker: Mutex<CircuitBreaker>,
     clock: Arc<dyn Clock>,
+    call_timeout: Duration,
 }
+
+/// How long a provider call may take before it counts as unanswered.
+pub const PROVIDER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Router {
     pub fn new(
@@ -384,9 +390,24 @@ impl Router {
         breaker: BreakerConfig,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let router = Self { primary, secondary, breaker: Mutex::new(CircuitBreaker::new(breaker)), clock };
+        let breaker = Mutex::new(CircuitBreaker::new(breaker));
+        let router = Self { primary, secondary, breaker, clock, call_timeout: PROVIDER_CALL_TIMEOUT };
         router.record_state();
         router
+    }
+
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// `call`'s answer, or `silent` if none came within `call_timeout`.
+    async fn within_timeout<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+        silent: ProviderError,
+    ) -> Result<T, ProviderError> {
+        tokio::time::timeout(self.call_timeout, call).await.unwrap_or(Err(silent))
     }
 
     /// The built-in test providers with the real clock, their books in
@@ -456,7 +477,9 @@ impl Router {
         journal: &dyn ChargeJournal,
     ) -> Result<Routed<Charge>, sqlx::Error> {
         journal.before_charge(provider.name()).await?;
-        let outcome = provider.charge(idempotency_key, token, amount).await;
+        // Unanswered, not refused: the charge may still land.
+        let outcome =
+            self.within_timeout(provider.charge(idempotency_key, token, amount), ProviderError::NoAnswer).await;
         if Arc::ptr_eq(provider, &self.primary) {
             {
                 let mut breaker = self.breaker.lock().expect("breaker poisoned");
@@ -474,21 +497,27 @@ impl Router {
 
     /// The capture `provider` holds under `idempotency_key`, if any.
     pub async fn find_charge(&self, provider: &str, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
-        self.provider(provider).find_charge(idempotency_key).await
+        let target = self.provider(provider)?;
+        self.within_timeout(target.find_charge(idempotency_key), ProviderError::NoAnswer).await
     }
 
     pub async fn refund(&self, provider: &str, provider_reference: &str, amount: &Money) -> Result<(), ProviderError> {
-        let target = self.provider(provider);
-        let outcome = target.refund(provider_reference, amount).await;
+        let target = self.provider(provider)?;
+        let outcome = self.within_timeout(target.refund(provider_reference, amount), ProviderError::NoAnswer).await;
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!("payment_refunds_total", "provider" => target.name().to_owned(), "outcome" => label)
             .increment(1);
         outcome
     }
 
-    /// `name`'s provider, or the primary for a name neither has.
-    fn provider(&self, name: &str) -> &Arc<dyn PaymentProvider> {
-        self.named(name).unwrap_or(&self.primary)
+    /// `name`'s provider. One this process does not have (renamed, or not
+    /// configured on this replica) cannot answer for its charges: asking
+    /// another would take "holds nothing" for an answer and keep the money.
+    fn provider(&self, name: &str) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
+        self.named(name).ok_or_else(|| {
+            tracing::error!(provider = name, "a payment names a provider that is not configured");
+            ProviderError::Unavailable
+        })
     }
 
     fn named(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
@@ -822,5 +851,47 @@ mod tests {
         let routed = router.charge("o1", "tok_provider_down", &usd(100), None, &journal).await.unwrap();
         assert_eq!(routed.provider, SECONDARY);
         assert_eq!(routed.outcome.unwrap().card_display, "visa ending 4242");
+    }
+
+    /// A provider that never answers.
+    struct Hanging;
+
+    #[async_trait::async_trait]
+    impl PaymentProvider for Hanging {
+        fn name(&self) -> &str {
+            PRIMARY
+        }
+        async fn charge(&self, _key: &str, _token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
+            std::future::pending().await
+        }
+        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+            std::future::pending().await
+        }
+        async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_hangs_counts_as_unanswered_and_is_not_failed_over() {
+        let router = over_the_test_secondary(Arc::new(Hanging)).with_call_timeout(Duration::from_millis(50));
+        let journal = Journal::default();
+        let routed = router.charge("o1", "tok_visa", &usd(100), None, &journal).await.unwrap();
+        // It may yet charge: the secondary is not asked, the primary not marked refused.
+        assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
+        assert_eq!(*journal.asked.lock().unwrap(), vec![PRIMARY.to_owned()]);
+        assert!(journal.refused.lock().unwrap().is_empty());
+        assert_eq!(router.find_charge(PRIMARY, "o1").await, Err(ProviderError::NoAnswer));
+        assert_eq!(router.refund(PRIMARY, "primary_ch_o1", &usd(100)).await, Err(ProviderError::NoAnswer));
+    }
+
+    #[tokio::test]
+    async fn a_provider_this_process_does_not_have_cannot_answer_for_its_charges() {
+        let primary = Arc::new(Flaky { down: false.into(), calls: AtomicU64::new(0) });
+        let router = over_the_test_secondary(primary.clone());
+        // Not "holds nothing" from the primary, which would let the money be kept.
+        assert_eq!(router.find_charge("stripe-eu", "o1").await, Err(ProviderError::Unavailable));
+        assert_eq!(router.refund("stripe-eu", "ch_1", &usd(100)).await, Err(ProviderError::Unavailable));
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 0);
     }
 }
