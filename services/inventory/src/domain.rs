@@ -275,6 +275,26 @@ pub struct Reservation {
     pub status: ReservationStatus,
     pub lines: Vec<Line>,
     pub short_product_ids: Vec<ProductId>,
+    /// Made by an order's checkout (the saga), which alone settles it.
+    pub by_checkout: bool,
+}
+
+/// Who asks to move a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// The checkout saga, for its own order.
+    Checkout,
+    /// An admin through the API. A checkout's reservation is not theirs to
+    /// settle: released under a paid order, its units would sell twice;
+    /// committed, the saga's own commit or release would find it moved.
+    Admin,
+}
+
+impl Actor {
+    /// Whether this actor may release or commit `reservation`.
+    pub fn may_settle(self, reservation: &Reservation) -> bool {
+        self == Actor::Checkout || !reservation.by_checkout
+    }
 }
 
 /// What a release does to a committed reservation.
@@ -302,6 +322,8 @@ pub enum ReleaseStep {
     AlreadySettled,
     /// COMMITTED under `KeepCommitted`.
     RefuseCommitted,
+    /// An admin's release of a checkout's reservation: nothing moves.
+    RefuseCheckout,
 }
 
 pub fn release_step(current: Option<ReservationStatus>, mode: ReleaseMode) -> ReleaseStep {
@@ -323,6 +345,8 @@ pub enum CommitStep {
     /// REJECTED or RELEASED: the units are gone or were never held.
     Refuse(ReservationStatus),
     NotFound,
+    /// An admin's commit of a checkout's reservation: nothing moves.
+    RefuseCheckout,
 }
 
 pub fn commit_step(current: Option<ReservationStatus>) -> CommitStep {
@@ -448,5 +472,20 @@ mod tests {
             assert_eq!(ReservationStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(ReservationStatus::parse("PENDING"), None);
+    }
+
+    #[test]
+    fn only_the_checkout_settles_a_checkouts_reservation() {
+        let made_by = |by_checkout| Reservation {
+            order_id: OrderId::from_uuid(Uuid::now_v7()),
+            status: ReservationStatus::Reserved,
+            lines: vec![],
+            short_product_ids: vec![],
+            by_checkout,
+        };
+        assert!(Actor::Checkout.may_settle(&made_by(true)));
+        assert!(!Actor::Admin.may_settle(&made_by(true)));
+        assert!(Actor::Admin.may_settle(&made_by(false)));
+        assert!(Actor::Checkout.may_settle(&made_by(false)), "an admin's reservation, if an order ever names it");
     }
 }

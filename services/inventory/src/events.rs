@@ -22,7 +22,7 @@ use sqlx::PgConnection;
 use tracing::Instrument;
 
 use crate::domain::{
-    CommitStep, Invalid, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
+    Actor, CommitStep, Invalid, OrderId, ProductId, ReleaseMode, ReleaseStep, Reservation, ReservationLines, StockLevel,
 };
 use crate::store::{CommitOutcome, ReserveRequest, Store};
 
@@ -103,7 +103,7 @@ impl SagaHandler {
 
     async fn release(&self, tx: &mut PgConnection, raw_order_id: &str, mode: ReleaseMode) -> Result<(), HandlerError> {
         let order_id = order_id(raw_order_id)?;
-        let outcome = self.store.release_in(tx, order_id, mode).await?;
+        let outcome = self.store.release_in(tx, order_id, mode, Actor::Checkout).await?;
         if outcome.step == ReleaseStep::RefuseCommitted {
             // Payment is declined before commit in the saga; a committed order
             // here means events crossed. Keep the shipped stock, but say so.
@@ -171,6 +171,10 @@ fn committed_or_error(order_id: OrderId, outcome: &CommitOutcome) -> Result<(), 
             "order {order_id} confirmed but its reservation is {}",
             status.as_str()
         ))),
+        // Only an admin's commit is refused so; the saga's never is.
+        CommitStep::RefuseCheckout => {
+            Err(HandlerError::Permanent(format!("order {order_id}: the checkout's own commit was refused")))
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::domain::{
-    CommitStep, Count, Invalid, OrderId, ProductId, Refused, ReleaseMode, ReleaseStep, Reservation, ReservationLines,
-    ReservationStatus, StockTarget,
+    Actor, CommitStep, Count, Invalid, OrderId, ProductId, Refused, ReleaseMode, ReleaseStep, Reservation,
+    ReservationLines, ReservationStatus, StockTarget,
 };
 use crate::pb;
 use crate::store::{SetStockError, StockRow, Store};
@@ -155,9 +155,13 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
         require_admin(&request)?;
         let order_id = OrderId::parse("order_id", &request.get_ref().order_id)?;
-        let outcome = self.store.release(order_id, ReleaseMode::KeepCommitted).await.map_err(db_error)?;
-        if outcome.step == ReleaseStep::RefuseCommitted {
-            return Err(Status::failed_precondition("reservation is committed: its stock has shipped"));
+        let outcome = self.store.release(order_id, ReleaseMode::KeepCommitted, Actor::Admin).await.map_err(db_error)?;
+        match outcome.step {
+            ReleaseStep::RefuseCommitted => {
+                return Err(Status::failed_precondition("reservation is committed: its stock has shipped"));
+            }
+            ReleaseStep::RefuseCheckout => return Err(belongs_to_checkout()),
+            _ => {}
         }
         Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(outcome.reservation.into()) }))
     }
@@ -168,9 +172,10 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
         require_admin(&request)?;
         let order_id = OrderId::parse("order_id", &request.get_ref().order_id)?;
-        let outcome = self.store.commit(order_id).await.map_err(db_error)?;
+        let outcome = self.store.commit(order_id, Actor::Admin).await.map_err(db_error)?;
         let reservation = match (outcome.step, outcome.reservation) {
             (CommitStep::Commit | CommitStep::AlreadyCommitted, Some(r)) => r,
+            (CommitStep::RefuseCheckout, _) => return Err(belongs_to_checkout()),
             (CommitStep::Refuse(status), _) => {
                 return Err(Status::failed_precondition(format!(
                     "reservation is {}; only RESERVED can be committed",
@@ -181,6 +186,13 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         };
         Ok(Response::new(pb::CommitReservationResponse { reservation: Some(reservation.into()) }))
     }
+}
+
+/// An admin's release or commit of a reservation an order's checkout made.
+fn belongs_to_checkout() -> Status {
+    Status::failed_precondition(
+        "reservation belongs to an order's checkout, which settles it: cancel the order to release its stock",
+    )
 }
 
 #[cfg(test)]

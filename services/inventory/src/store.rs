@@ -22,8 +22,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, CommitStep, Line, OrderId, ProductId, Quantity, ReleaseMode, ReleaseStep, Reservation, ReservationLines,
-    ReservationStatus, StockLevel, StockTarget,
+    self, Actor, CommitStep, Line, OrderId, ProductId, Quantity, ReleaseMode, ReleaseStep, Reservation,
+    ReservationLines, ReservationStatus, StockLevel, StockTarget,
 };
 use crate::events::{self, OrderContext};
 
@@ -200,6 +200,7 @@ impl Store {
                 status,
                 lines: request.lines.lines().to_vec(),
                 short_product_ids: short,
+                by_checkout: request.order.is_some(),
             };
             if status == ReservationStatus::Reserved {
                 for line in request.lines.lines() {
@@ -243,31 +244,46 @@ impl Store {
         if let Some(existing) = load_reservation(conn, order_id).await? {
             return Ok(existing);
         }
-        let reservation =
-            Reservation { order_id, status: ReservationStatus::Rejected, lines: vec![], short_product_ids: vec![] };
+        let reservation = Reservation {
+            order_id,
+            status: ReservationStatus::Rejected,
+            lines: vec![],
+            short_product_ids: vec![],
+            by_checkout: true,
+        };
         insert_reservations(conn, std::slice::from_ref(&reservation)).await?;
         self.outbox.enqueue(conn, &events::reservation_failed(&reservation, reason)).await?;
         Ok(reservation)
     }
 
-    pub async fn release(&self, order_id: OrderId, mode: ReleaseMode) -> Result<ReleaseOutcome, sqlx::Error> {
+    pub async fn release(
+        &self,
+        order_id: OrderId,
+        mode: ReleaseMode,
+        actor: Actor,
+    ) -> Result<ReleaseOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let outcome = self.release_in(&mut tx, order_id, mode).await?;
+        let outcome = self.release_in(&mut tx, order_id, mode, actor).await?;
         self.outbox.commit(tx).await?;
         Ok(outcome)
     }
 
     /// Returns a reservation's units; see [`domain::release_step`] for each
-    /// status. Emits StockReleased only when units actually moved.
+    /// status. Emits StockReleased only when units actually moved. An
+    /// admin's release of a checkout's reservation moves nothing.
     pub async fn release_in(
         &self,
         conn: &mut PgConnection,
         order_id: OrderId,
         mode: ReleaseMode,
+        actor: Actor,
     ) -> Result<ReleaseOutcome, sqlx::Error> {
         lock_orders(conn, &[order_id]).await?;
         let current = load_reservation(conn, order_id).await?;
-        let step = domain::release_step(current.as_ref().map(|r| r.status), mode);
+        let step = match &current {
+            Some(r) if !actor.may_settle(r) => ReleaseStep::RefuseCheckout,
+            _ => domain::release_step(current.as_ref().map(|r| r.status), mode),
+        };
         let reservation = match current {
             None => {
                 let tombstone = Reservation {
@@ -275,6 +291,7 @@ impl Store {
                     status: ReservationStatus::Released,
                     lines: vec![],
                     short_product_ids: vec![],
+                    by_checkout: actor == Actor::Checkout,
                 };
                 insert_reservations(conn, std::slice::from_ref(&tombstone)).await?;
                 tombstone
@@ -298,8 +315,16 @@ impl Store {
         Ok(ReleaseOutcome { step, reservation })
     }
 
-    pub async fn commit(&self, order_id: OrderId) -> Result<CommitOutcome, sqlx::Error> {
+    /// [`commit_in`](Self::commit_in) in a transaction of its own. An
+    /// admin's commit of a checkout's reservation moves nothing.
+    pub async fn commit(&self, order_id: OrderId, actor: Actor) -> Result<CommitOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        lock_orders(&mut tx, &[order_id]).await?;
+        if let Some(r) = load_reservation(&mut tx, order_id).await?
+            && !actor.may_settle(&r)
+        {
+            return Ok(CommitOutcome { step: CommitStep::RefuseCheckout, reservation: Some(r) });
+        }
         let outcome = self.commit_in(&mut tx, order_id).await?;
         self.outbox.commit(tx).await?;
         Ok(outcome)
@@ -488,6 +513,7 @@ async fn insert_reservations(conn: &mut PgConnection, made: &[Reservation]) -> R
     }
     let order_ids: Vec<Uuid> = made.iter().map(|r| r.order_id.as_uuid()).collect();
     let statuses: Vec<&str> = made.iter().map(|r| r.status.as_str()).collect();
+    let by_checkout: Vec<bool> = made.iter().map(|r| r.by_checkout).collect();
     // Short products and lines go flat, each beside its order id.
     let (mut short_orders, mut short_products) = (Vec::new(), Vec::new());
     let (mut line_orders, mut line_products, mut line_quantities) = (Vec::new(), Vec::new(), Vec::new());
@@ -503,17 +529,19 @@ async fn insert_reservations(conn: &mut PgConnection, made: &[Reservation]) -> R
         }
     }
     sqlx::query(
-        "INSERT INTO reservations (order_id, status, short_product_ids)
+        "INSERT INTO reservations (order_id, status, short_product_ids, by_checkout)
          SELECT r.order_id, r.status,
                 coalesce((SELECT array_agg(s.product_id ORDER BY s.n)
                           FROM unnest($3::uuid[], $4::uuid[]) WITH ORDINALITY AS s(order_id, product_id, n)
-                          WHERE s.order_id = r.order_id), '{}')
-         FROM unnest($1::uuid[], $2::text[]) AS r(order_id, status)",
+                          WHERE s.order_id = r.order_id), '{}'),
+                r.by_checkout
+         FROM unnest($1::uuid[], $2::text[], $5::bool[]) AS r(order_id, status, by_checkout)",
     )
     .bind(&order_ids)
     .bind(&statuses)
     .bind(&short_orders)
     .bind(&short_products)
+    .bind(&by_checkout)
     .execute(&mut *conn)
     .await?;
     if !line_orders.is_empty() {
@@ -564,7 +592,7 @@ async fn load_reservations(
     // plan made while the table was small (stale statistics, no autovacuum
     // yet) otherwise scans every reservation line on each call.
     let rows = sqlx::query(
-        "SELECT r.order_id, r.status, r.short_product_ids, l.product_id, l.quantity
+        "SELECT r.order_id, r.status, r.short_product_ids, r.by_checkout, l.product_id, l.quantity
          FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id AND l.order_id = ANY($1)
          WHERE r.order_id = ANY($1) ORDER BY r.order_id, l.product_id",
     )
@@ -586,6 +614,7 @@ async fn load_reservations(
                     status,
                     lines: Vec::new(),
                     short_product_ids: short.into_iter().map(ProductId::from_uuid).collect(),
+                    by_checkout: row.try_get("by_checkout")?,
                 })
             }
         };

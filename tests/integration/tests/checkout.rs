@@ -228,6 +228,46 @@ async fn an_order_stuck_pending_times_out_and_a_late_payment_is_never_kept() {
     assert_eq!(shop.stock(&kit).await, (5, 5, 0));
 }
 
+/// An admin cannot release or commit a reservation an order's checkout
+/// holds: released under an order still being paid for, its units would be
+/// sold twice. Cancelling the order is the way; a reservation an admin made
+/// outside any checkout is still theirs to release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_cannot_settle_a_reservation_a_checkout_holds() {
+    // Payment is down: the order waits with its stock reserved.
+    let shop = Shop::start(|_| {}, false).await;
+    let lamp = shop.product("LAMP-1", 4000, 5).await;
+    let gus = shop.customer("gus@shop.test").await;
+    shop.add_to_cart(&gus, &lamp, 2).await;
+    let id = shop.checkout(&gus, "tok_visa").await["id"].as_str().unwrap().to_owned();
+    eventually("stock reserved", SAGA, || async { (shop.stock(&lamp).await == (3, 5, 2)).then_some(()) }).await;
+
+    let post = reqwest::Method::POST;
+    for action in ["release", "commit"] {
+        let path = format!("/v1/inventory/reservations/{id}:{action}");
+        let refused = shop.send(post.clone(), &path, &shop.admin, Some(json!({}))).await;
+        assert_eq!(refused.status(), 400, "{action}");
+        let err: Value = refused.json().await.unwrap();
+        assert_eq!(err["code"], 9, "FailedPrecondition: {err}");
+        assert!(err["message"].as_str().unwrap().contains("cancel the order"), "{err}");
+    }
+    assert_eq!(shop.stock(&lamp).await, (3, 5, 2), "nothing moved");
+
+    let own = uuid::Uuid::now_v7();
+    let lines = json!({"lines": [{"productId": lamp, "quantity": 1}]});
+    shop.ok(post.clone(), &format!("/v1/inventory/reservations/{own}:reserve"), &shop.admin, Some(lines)).await;
+    assert_eq!(shop.stock(&lamp).await, (2, 5, 3));
+    shop.ok(post.clone(), &format!("/v1/inventory/reservations/{own}:release"), &shop.admin, Some(json!({}))).await;
+    assert_eq!(shop.stock(&lamp).await, (3, 5, 2), "the admin's own reservation released");
+
+    shop.ok(post, &format!("/v1/orders/{id}:cancel"), &gus, Some(json!({}))).await;
+    assert_eq!(shop.final_order(&gus, &id).await["cancelReason"], "CANCEL_REASON_CUSTOMER_REQUEST");
+    eventually("the checkout released its own", SAGA, || async {
+        (shop.stock(&lamp).await == (5, 5, 0)).then_some(())
+    })
+    .await;
+}
+
 /// The order is cancelled while its payment is being captured, and the
 /// capture reaches the order only afterwards: the money goes back, the
 /// history says so, and the customer is told.

@@ -13,8 +13,8 @@ use prost::Message;
 use shopmesh_integration_tests::{TestEnv, eventually, publish_event};
 use shopmesh_inventory::domain::Reservation;
 use shopmesh_inventory::domain::{
-    CommitStep, Count, OrderId, ProductId, ReleaseMode, ReleaseStep, ReservationLines, ReservationStatus, StockLevel,
-    StockTarget,
+    Actor, CommitStep, Count, OrderId, ProductId, ReleaseMode, ReleaseStep, ReservationLines, ReservationStatus,
+    StockLevel, StockTarget,
 };
 use shopmesh_inventory::events::OrderContext;
 use shopmesh_inventory::pb::inventory_service_client::InventoryServiceClient;
@@ -214,8 +214,11 @@ async fn a_reservation_with_one_short_line_reserves_nothing() {
     assert_eq!(failed[0].reason, "insufficient stock");
     assert!(outboxed::<ev::StockReserved>(&pool).await.is_empty());
     // Rejected is final for the order: nothing to release, nothing to commit.
-    assert_eq!(store.release(o, ReleaseMode::KeepCommitted).await.unwrap().step, ReleaseStep::AlreadySettled);
-    assert_eq!(store.commit(o).await.unwrap().step, CommitStep::Refuse(ReservationStatus::Rejected));
+    assert_eq!(
+        store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap().step,
+        ReleaseStep::AlreadySettled
+    );
+    assert_eq!(store.commit(o, Actor::Checkout).await.unwrap().step, CommitStep::Refuse(ReservationStatus::Rejected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,18 +231,18 @@ async fn release_returns_stock_once_and_a_late_reserve_after_release_is_refused(
     checkout(&store, o, &lines(&[(p, 4)])).await.unwrap();
     assert_eq!(level(&store, p).await.available(), 6);
 
-    let released = store.release(o, ReleaseMode::KeepCommitted).await.unwrap();
+    let released = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(released.step, ReleaseStep::ReturnReserved);
     assert_eq!(released.reservation.status, ReservationStatus::Released);
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 10, reserved: 0, low_stock_threshold: 5 });
-    let again = store.release(o, ReleaseMode::KeepCommitted).await.unwrap();
+    let again = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(again.step, ReleaseStep::AlreadySettled);
     assert_eq!(level(&store, p).await.reserved, 0, "released once");
     assert_eq!(outboxed::<ev::StockReleased>(&pool).await, vec![ev::StockReleased { order_id: o.to_string() }]);
 
     // Released before it was ever reserved: the tombstone makes the late reserve a no-op.
     let cancelled_early = order();
-    let tomb = store.release(cancelled_early, ReleaseMode::RestockCommitted).await.unwrap();
+    let tomb = store.release(cancelled_early, ReleaseMode::RestockCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(tomb.step, ReleaseStep::Tombstone);
     assert_eq!(tomb.reservation.status, ReservationStatus::Released);
     let late = checkout(&store, cancelled_early, &lines(&[(p, 1)])).await.unwrap();
@@ -258,25 +261,25 @@ async fn commit_ships_stock_and_cancelling_a_committed_order_restocks() {
     let o = order();
     checkout(&store, o, &lines(&[(p, 3)])).await.unwrap();
 
-    let committed = store.commit(o).await.unwrap();
+    let committed = store.commit(o, Actor::Checkout).await.unwrap();
     assert_eq!(committed.step, CommitStep::Commit);
     assert_eq!(committed.reservation.unwrap().status, ReservationStatus::Committed);
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 7, reserved: 0, low_stock_threshold: 5 });
-    assert_eq!(store.commit(o).await.unwrap().step, CommitStep::AlreadyCommitted);
+    assert_eq!(store.commit(o, Actor::Checkout).await.unwrap().step, CommitStep::AlreadyCommitted);
     assert_eq!(level(&store, p).await.on_hand, 7, "committed once");
     assert_eq!(outboxed::<ev::StockCommitted>(&pool).await, vec![ev::StockCommitted { order_id: o.to_string() }]);
 
     // Shipped stock isn't released by a plain release...
-    let refused = store.release(o, ReleaseMode::KeepCommitted).await.unwrap();
+    let refused = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(refused.step, ReleaseStep::RefuseCommitted);
     assert_eq!(refused.reservation.status, ReservationStatus::Committed);
     // ...but a cancelled confirmed order puts it back on hand.
-    let restocked = store.release(o, ReleaseMode::RestockCommitted).await.unwrap();
+    let restocked = store.release(o, ReleaseMode::RestockCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(restocked.step, ReleaseStep::Restock);
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 10, reserved: 0, low_stock_threshold: 5 });
     assert_eq!(outboxed::<ev::StockReleased>(&pool).await.len(), 1);
-    assert_eq!(store.commit(o).await.unwrap().step, CommitStep::Refuse(ReservationStatus::Released));
-    assert_eq!(store.commit(order()).await.unwrap().step, CommitStep::NotFound);
+    assert_eq!(store.commit(o, Actor::Checkout).await.unwrap().step, CommitStep::Refuse(ReservationStatus::Released));
+    assert_eq!(store.commit(order(), Actor::Checkout).await.unwrap().step, CommitStep::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,4 @@
+-- Reservations an order's checkout made, which only the saga settles: an
+-- admin release under a paid order would sell its units twice. Rows from
+-- before this column keep the old rule (false: anyone may settle them).
+ALTER TABLE reservations ADD COLUMN by_checkout BOOLEAN NOT NULL DEFAULT false;
