@@ -227,7 +227,7 @@ impl EventConsumer {
             let mut batch = match first {
                 Ok(m) => vec![m.detach()],
                 Err(e) => {
-                    tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
+                    self.receive_failed(&e);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -238,7 +238,7 @@ impl EventConsumer {
                 match consumer.recv().now_or_never() {
                     Some(Ok(m)) => batch.push(m.detach()),
                     Some(Err(e)) => {
-                        tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
+                        self.receive_failed(&e);
                         break;
                     }
                     None => break,
@@ -414,6 +414,13 @@ impl EventConsumer {
         }
     }
 
+    /// A receive error: librdkafka may have skipped what it could not read
+    /// (a corrupt message set), which no dead letter records, so count it.
+    fn receive_failed(&self, e: &rdkafka::error::KafkaError) {
+        tracing::warn!(consumer = %self.name, error = %e, "kafka receive error");
+        metrics::counter!("consumer_receive_errors_total", "consumer" => self.name.clone()).increment(1);
+    }
+
     /// One message on its own: retries, then dead-letters.
     async fn process(&self, pool: &PgPool, kafka: &Kafka, msg: &OwnedMessage, shutdown: &Shutdown) -> Outcome {
         let payload = msg.payload().unwrap_or_default();
@@ -525,6 +532,9 @@ impl EventConsumer {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(%dlq, error = %e, "dead-letter publish failed; retrying");
+                    // The consumer is held until it goes: worth an alert.
+                    metrics::counter!("consumer_dead_letter_failures_total", "consumer" => self.name.clone(), "topic" => logical.to_owned())
+                        .increment(1);
                     if kafka.is_unrecoverable(&e)
                         && let Err(e) = kafka.replace_producer()
                     {
