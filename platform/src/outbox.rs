@@ -40,6 +40,9 @@ const NOTIFY_CHANNEL: &str = "shopmesh_outbox";
 /// Advisory lock key shared by every relay of one service database.
 const RELAY_LOCK_KEY: i64 = 0x5_0b0c_0de1;
 const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How many batches of unsent rows one pass reads past rows that must wait
+/// (behind a failing row of their key) before it gives up looking.
+const WINDOWS_PER_PASS: usize = 16;
 
 /// Writes events into the outbox of the service named `source`.
 #[derive(Clone, Debug)]
@@ -213,6 +216,29 @@ pub struct OutboxRelay {
     wake: Arc<Notify>,
 }
 
+/// Keys whose oldest unsent row failed to publish, and when to try it
+/// again. Their rows wait; every other key goes on without them, so a row
+/// the broker keeps refusing (too large, a partition without a leader)
+/// holds back its own aggregate only, not the whole outbox.
+#[derive(Default)]
+struct StalledKeys(HashMap<(String, String), (tokio::time::Instant, u32)>);
+
+impl StalledKeys {
+    fn waiting(&self, key: &(String, String), now: tokio::time::Instant) -> bool {
+        self.0.get(key).is_some_and(|(retry_at, _)| *retry_at > now)
+    }
+
+    fn failed(&mut self, key: (String, String), max_backoff: Duration) {
+        let failures = self.0.get(&key).map_or(0, |(_, n)| *n).saturating_add(1);
+        let backoff = Duration::from_millis(100).saturating_mul(1 << failures.min(16)).min(max_backoff);
+        self.0.insert(key, (tokio::time::Instant::now() + backoff, failures));
+    }
+
+    fn sent(&mut self, key: &(String, String)) {
+        self.0.remove(key);
+    }
+}
+
 struct PendingRow {
     seq: i64,
     topic: String,
@@ -261,10 +287,11 @@ impl OutboxRelay {
             };
             let mut last_cleanup = tokio::time::Instant::now();
             let mut last_lag_report: Option<tokio::time::Instant> = None;
+            let mut stalled = StalledKeys::default();
             loop {
                 if shutdown.is_triggered() {
                     // Still holding the lock: one publisher, even now.
-                    self.final_flush(&mut lock).await;
+                    self.final_flush(&mut lock, &mut stalled).await;
                     break 'leadership;
                 }
                 // Before the pass, which `continue`s while failing or busy:
@@ -279,7 +306,7 @@ impl OutboxRelay {
                     self.cleanup().await;
                     last_cleanup = tokio::time::Instant::now();
                 }
-                match self.publish_batch_on(&mut lock).await {
+                match self.publish_batch_on(&mut lock, &mut stalled).await {
                     Ok(pass) => {
                         backoff = Duration::ZERO;
                         if pass.more_waiting() {
@@ -377,43 +404,52 @@ impl OutboxRelay {
     /// Publishes up to one batch of unsent rows in order. Rows are marked
     /// sent only after the broker acked them, and a row waits for the ack of
     /// every earlier row with its topic and key: one that fails is retried
-    /// before anything after it on that key goes out, so each aggregate's
-    /// events arrive in the order they were written. Fails only when the
-    /// pass published nothing.
-    async fn publish_batch_on(&self, conn: &mut PgConnection) -> anyhow::Result<Pass> {
-        let rows = sqlx::query(
-            "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
-             FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *conn)
-        .await?;
-        if rows.is_empty() {
-            return Ok(Pass { sent: 0, held: 0, full: false });
-        }
-        let full = rows.len() as i64 == self.config.batch_size;
+    /// (after a back-off of its own, `stalled`) before anything after it on
+    /// that key goes out, so each aggregate's events arrive in the order they
+    /// were written. A batch whose rows all wait is read past, up to
+    /// `WINDOWS_PER_PASS` batches. Fails only when the pass published nothing.
+    async fn publish_batch_on(&self, conn: &mut PgConnection, stalled: &mut StalledKeys) -> anyhow::Result<Pass> {
+        let now = tokio::time::Instant::now();
         let mut keys_in_pass = HashSet::new();
-        let mut held = 0;
-        let pending: Vec<PendingRow> = rows
-            .into_iter()
-            .map(|r| {
+        let (mut held, mut full, mut after) = (0, false, 0i64);
+        let mut pending: Vec<PendingRow> = Vec::new();
+        for _ in 0..WINDOWS_PER_PASS {
+            let rows = sqlx::query(
+                "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
+                 FROM outbox WHERE published_at IS NULL AND seq > $2 ORDER BY seq LIMIT $1",
+            )
+            .bind(self.config.batch_size)
+            .bind(after)
+            .fetch_all(&mut *conn)
+            .await?;
+            full = rows.len() as i64 == self.config.batch_size;
+            let Some(last) = rows.last() else { break };
+            after = last.get("seq");
+            for r in rows {
+                let key = (r.get::<String, _>("topic"), r.get::<String, _>("event_key"));
+                // Behind an earlier row of its key, in this pass or waiting out its back-off.
+                if !keys_in_pass.insert(key.clone()) || stalled.waiting(&key, now) {
+                    held += 1;
+                    continue;
+                }
                 let trace: serde_json::Value = r.get("trace_headers");
-                PendingRow {
+                pending.push(PendingRow {
                     seq: r.get("seq"),
-                    topic: r.get("topic"),
-                    key: r.get("event_key"),
+                    topic: key.0,
+                    key: key.1,
                     envelope: r.get("envelope"),
                     event_type: r.get("event_type"),
                     event_id: r.get("event_id"),
                     trace: serde_json::from_value(trace).unwrap_or_default(),
-                }
-            })
-            .filter(|row| {
-                let first_of_its_key = keys_in_pass.insert((row.topic.clone(), row.key.clone()));
-                held += usize::from(!first_of_its_key);
-                first_of_its_key
-            })
-            .collect();
+                });
+            }
+            if !pending.is_empty() || !full {
+                break;
+            }
+        }
+        if pending.is_empty() {
+            return Ok(Pass { sent: 0, held, full });
+        }
 
         // Enqueue every record before awaiting any, so the producer pipelines
         // them; the idempotent producer keeps per-partition order.
@@ -463,6 +499,17 @@ impl OutboxRelay {
             match delivery.await {
                 Ok(()) => sent.push(seq),
                 Err(e) => failed.push((seq, e)),
+            }
+        }
+        let key_of = |seq: i64| pending.iter().find(|r| r.seq == seq).map(|r| (r.topic.clone(), r.key.clone()));
+        for &seq in &sent {
+            if let Some(key) = key_of(seq) {
+                stalled.sent(&key);
+            }
+        }
+        for (seq, _) in &failed {
+            if let Some(key) = key_of(*seq) {
+                stalled.failed(key, self.config.max_backoff);
             }
         }
         if !sent.is_empty() {
@@ -526,10 +573,10 @@ impl OutboxRelay {
 
     /// On shutdown, as the leader: publish what is committed (bounded), then
     /// flush the producer.
-    async fn final_flush(&self, lock: &mut PgConnection) {
+    async fn final_flush(&self, lock: &mut PgConnection, stalled: &mut StalledKeys) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline, self.publish_batch_on(lock)).await {
+            match tokio::time::timeout_at(deadline, self.publish_batch_on(lock, stalled)).await {
                 Ok(Ok(pass)) if pass.sent > 0 => continue,
                 _ => break,
             }
