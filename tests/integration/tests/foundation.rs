@@ -318,6 +318,11 @@ async fn outbox_publishes_once_republishes_after_crash_and_inbox_applies_once() 
     observer.unsubscribe();
 }
 
+/// The event ids of published envelopes, in the order seen.
+fn envelope_ids(seen: &[Vec<u8>]) -> Vec<String> {
+    seen.iter().map(|b| shopmesh_platform::pb::events::v1::EventEnvelope::decode(b.as_slice()).unwrap().id).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_nothing_else() {
     let env = TestEnv::new();
@@ -335,12 +340,7 @@ async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_
     let config = RelayConfig { max_backoff: Duration::from_secs(1), ..RelayConfig::default() };
     tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, config).run(env.shutdown.clone()));
 
-    let ids = |seen: Vec<Vec<u8>>| -> Vec<String> {
-        seen.iter()
-            .map(|b| shopmesh_platform::pb::events::v1::EventEnvelope::decode(b.as_slice()).unwrap().id)
-            .collect()
-    };
-    let seen = ids(drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
+    let seen = envelope_ids(&drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
     assert_eq!(seen, vec![other.to_string()], "user-2's event leaves; user-1's later one waits behind the refused");
     let (attempts, error): (i32, Option<String>) =
         sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE event_id = $1")
@@ -365,8 +365,38 @@ async fn an_event_the_broker_refuses_holds_back_its_aggregates_later_events_and_
         .execute(&pool)
         .await
         .unwrap();
-    let seen = ids(drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
+    let seen = envelope_ids(&drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
     assert_eq!(seen, vec![refused.to_string(), later.to_string()]);
+    observer.unsubscribe();
+}
+
+/// More of the refused aggregate's events than a batch holds wait behind
+/// it: the relay reads past them to the other aggregates' events, which
+/// leave; the refused one's wait in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_with_a_batch_of_its_aggregate_behind_it_holds_back_nothing_else() {
+    let env = TestEnv::new();
+    let pool = platform_database(&env, "outbox_refused_batch", 5).await;
+    let kafka = user_topic(&env).await;
+    let observer = env.observer(&kafka.config.topic(topics::USER));
+    let outbox = Outbox::new("test");
+    let registered = |user: &str, name: String| UserRegistered { user_id: user.into(), name, ..Default::default() };
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &registered("user-1", "x".repeat(1_100_000))).await.unwrap();
+    for n in 0..6 {
+        outbox.enqueue(&mut tx, &registered("user-1", format!("later {n}"))).await.unwrap();
+    }
+    let other = outbox.enqueue(&mut tx, &registered("user-2", "other".into())).await.unwrap();
+    tx.commit().await.unwrap();
+    // A batch of 4: user-1's rows fill the first two.
+    let config = RelayConfig { batch_size: 4, max_backoff: Duration::from_secs(1), ..RelayConfig::default() };
+    tokio::spawn(OutboxRelay::new(pool.clone(), kafka.clone(), &outbox, config).run(env.shutdown.clone()));
+
+    let seen = envelope_ids(&drain(&observer, Duration::from_secs(20), Duration::from_secs(3)).await);
+    assert_eq!(seen, vec![other.to_string()], "user-2's event leaves; user-1's wait behind the refused");
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(waiting, 7);
     observer.unsubscribe();
 }
 
@@ -595,6 +625,15 @@ async fn an_event_waits_out_a_database_outage_instead_of_being_dead_lettered() {
     dlq.unsubscribe();
 }
 
+/// Waits until the user topic holds at least `n` dead letters; returns them.
+async fn dead_letters(kafka: &Kafka, n: usize) -> Vec<shopmesh_platform::dlq::DeadLetter> {
+    eventually(&format!("{n} dead letters"), Duration::from_secs(30), || async {
+        let letters = shopmesh_platform::dlq::list(kafka, topics::USER).await.unwrap();
+        (letters.len() >= n).then_some(letters)
+    })
+    .await
+}
+
 /// Refuses events for good while `broken`, as a bug would; applies them
 /// like `CountingHandler` once fixed.
 struct FixableHandler {
@@ -628,20 +667,10 @@ async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() 
     let kafka = user_topic(&env).await;
     let handler = Arc::new(FixableHandler { broken: true.into() });
     spawn_probe(&env, &pool, &kafka, handler.clone());
-    let letters_at_least = |n: usize| {
-        let kafka = kafka.clone();
-        async move {
-            eventually(&format!("{n} dead letters"), Duration::from_secs(30), || async {
-                let letters = dlq::list(&kafka, topics::USER).await.unwrap();
-                (letters.len() >= n).then_some(letters)
-            })
-            .await
-        }
-    };
 
     let envelope = registered("unlucky");
     publish_raw(&kafka, topics::USER, "unlucky", &envelope.encode_to_vec()).await;
-    let letters = letters_at_least(1).await;
+    let letters = dead_letters(&kafka, 1).await;
     assert_eq!(letters.len(), 1);
     assert_eq!((letters[0].consumer.as_str(), letters[0].event_id.as_str()), ("probe", envelope.id.as_str()));
     assert!(letters[0].error.contains("the handler has a bug"), "{letters:?}");
@@ -651,7 +680,7 @@ async fn a_dead_letter_is_listed_and_once_fixed_replayed_to_its_consumer_once() 
     let only = |replayed, skipped| Replayed { replayed, skipped, ..Replayed::default() };
     assert_eq!(dlq::replay(&kafka, topics::USER, Some("search")).await.unwrap(), only(0, 1));
     assert_eq!(dlq::replay(&kafka, topics::USER, Some("probe")).await.unwrap(), only(1, 0), "replayed before the fix");
-    let letters = letters_at_least(2).await;
+    let letters = dead_letters(&kafka, 2).await;
     assert_eq!(letters.len(), 2, "dead-lettered again, once: {letters:?}");
     assert_eq!(letters[1].consumer, "probe", "the newest dlq headers count");
     assert_eq!(letters[1].event_id, envelope.id);
@@ -685,16 +714,6 @@ async fn a_message_two_consumers_dead_lettered_is_replayed_once_to_both() {
         spawn_user_consumer(&env, name, &pool, &env.kafka(), handler.clone());
         consumers.push((pool, handler));
     }
-    let letters = |n: usize| {
-        let kafka = kafka.clone();
-        async move {
-            eventually(&format!("{n} dead letters"), Duration::from_secs(30), || async {
-                let letters = dlq::list(&kafka, topics::USER).await.unwrap();
-                (letters.len() >= n).then_some(letters)
-            })
-            .await
-        }
-    };
     let consumers_of = |letters: &[dlq::DeadLetter]| {
         let mut names: Vec<String> = letters.iter().map(|l| l.consumer.clone()).collect();
         names.sort();
@@ -703,11 +722,11 @@ async fn a_message_two_consumers_dead_lettered_is_replayed_once_to_both() {
 
     let envelope = registered("twice_unlucky");
     publish_raw(&kafka, topics::USER, "twice_unlucky", &envelope.encode_to_vec()).await;
-    assert_eq!(consumers_of(&letters(2).await), ["probe", "search"]);
+    assert_eq!(consumers_of(&dead_letters(&kafka, 2).await), ["probe", "search"]);
 
     let once = Replayed { replayed: 1, same_message: 1, ..Replayed::default() };
     assert_eq!(dlq::replay(&kafka, topics::USER, None).await.unwrap(), once, "still broken");
-    let again = letters(4).await;
+    let again = dead_letters(&kafka, 4).await;
     assert_eq!(consumers_of(&again[2..]), ["probe", "search"], "each dead-lettered the one copy");
     // A second copy would have come back from both within this wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -731,8 +750,8 @@ async fn a_message_two_consumers_dead_lettered_is_replayed_once_to_both() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_topics_keep_messages_for_less_time_than_inboxes_remember() {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    use shopmesh_platform::kafka::EVENT_RETENTION;
-    assert!(EVENT_RETENTION < shopmesh_platform::inbox::RETENTION);
+    use shopmesh_platform::kafka::{EVENT_RETENTION, EVENT_SEGMENT};
+    assert!(EVENT_RETENTION + EVENT_SEGMENT < shopmesh_platform::inbox::RETENTION);
     let env = TestEnv::new();
     let kafka = user_topic(&env).await;
     let admin: AdminClient<_> =
@@ -745,8 +764,16 @@ async fn event_topics_keep_messages_for_less_time_than_inboxes_remember() {
         )
         .await
         .unwrap();
-    let retention: Vec<Option<String>> =
-        described.into_iter().map(|r| r.unwrap().get("retention.ms").and_then(|e| e.value.clone())).collect();
-    assert_eq!(retention[0], Some(EVENT_RETENTION.as_millis().to_string()), "{events}");
-    assert_ne!(retention[1], retention[0], "{letters} keeps the broker's default");
+    let (events_config, letters_config) = match &described[..] {
+        [Ok(e), Ok(l)] => (e, l),
+        other => panic!("{other:?}"),
+    };
+    // Values, not their source: Tansu lists only what a topic sets, calling
+    // it the default. (Kafka's default retention is 7 days too; its default
+    // segment, 7 days, is not.)
+    let set = |name: &str| events_config.get(name).and_then(|e| e.value.clone());
+    assert_eq!(set("retention.ms"), Some(EVENT_RETENTION.as_millis().to_string()), "{events}");
+    assert_eq!(set("segment.ms"), Some(EVENT_SEGMENT.as_millis().to_string()), "{events}");
+    let dlq_retention = letters_config.get("retention.ms");
+    assert!(dlq_retention.is_none_or(|e| e.is_default), "{letters} keeps the broker's default: {dlq_retention:?}");
 }
