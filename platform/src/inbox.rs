@@ -12,8 +12,8 @@ use crate::events::ReceivedEvent;
 use crate::shutdown::Shutdown;
 
 /// How long a processed event's id is kept. A copy can only be redelivered
-/// while the broker still holds it, so this must exceed topic retention
-/// (Kafka's default is 7 days).
+/// while the broker still holds it, so this must exceed how long event
+/// topics keep a message (`kafka::EVENT_RETENTION` and one segment).
 pub const RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows deleted per statement, so pruning never holds long locks.

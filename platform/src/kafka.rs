@@ -39,9 +39,11 @@ const PARTITIONS: i32 = 3;
 /// (`inbox::RETENTION`), so a group that starts over from the oldest
 /// offset (its committed offsets expired while it was down) meets only
 /// events its inbox still knows, never one it applied and forgot. The
-/// broker's default could be anything; dead letters keep it (a person
-/// reads them, and replay refuses the old ones).
+/// broker deletes whole segments, so a message can outlive this by one
+/// segment (`EVENT_SEGMENT`). The broker's default could be anything; dead
+/// letters keep it (a person reads them, and replay refuses the old ones).
 pub const EVENT_RETENTION: Duration = Duration::from_secs(crate::inbox::RETENTION.as_secs() / 2);
+pub const EVENT_SEGMENT: Duration = Duration::from_secs(24 * 3600);
 
 /// Logs group membership changes: when a consumer stalls, the first
 /// question is whether it holds any partitions.
@@ -298,14 +300,19 @@ impl Kafka {
         Ok(())
     }
 
-    /// Creates each logical topic and its `.dlq` twin if missing.
+    /// Creates each logical topic and its `.dlq` twin if missing. Topics that
+    /// exist keep their settings (an operator's to change).
     pub async fn ensure_topics(&self, logical: &[&str]) -> Result<(), rdkafka::error::KafkaError> {
-        let retention = EVENT_RETENTION.as_millis().to_string();
+        let (retention, segment) = (EVENT_RETENTION.as_millis().to_string(), EVENT_SEGMENT.as_millis().to_string());
         let events: Vec<String> = logical.iter().map(|t| self.config.topic(t)).collect();
         let letters: Vec<String> = logical.iter().map(|t| self.config.topic(&topics::dlq(t))).collect();
         let new: Vec<NewTopic<'_>> = events
             .iter()
-            .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", &retention))
+            .map(|n| {
+                NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))
+                    .set("retention.ms", &retention)
+                    .set("segment.ms", &segment)
+            })
             .chain(letters.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
