@@ -99,12 +99,10 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
     reader
         .read(|msg| {
             let wanted = only_consumer.is_none_or(|only| newest_header(msg, "dlq_consumer").as_deref() == Some(only));
-            let occurred = envelope(msg).and_then(|e| e.occurred_at());
+            let event = envelope(msg);
+            let occurred = event.as_ref().and_then(|e| e.occurred_at());
             let send = if !wanted {
                 done.skipped += 1;
-                None
-            } else if original_position(msg).is_some_and(|at| !sent_back.insert(at)) {
-                done.same_message += 1;
                 None
             } else if occurred.is_some_and(|t| t < oldest) {
                 tracing::warn!(
@@ -113,6 +111,9 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
                     "dead letter older than the inboxes remember; not replayed"
                 );
                 done.too_old += 1;
+                None
+            } else if original(msg, event.as_ref()).is_some_and(|it| !sent_back.insert(it)) {
+                done.same_message += 1;
                 None
             } else {
                 done.replayed += 1;
@@ -139,11 +140,14 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
     Ok(done)
 }
 
-/// Where the message a letter holds was read (topic, partition, offset),
-/// as the consumer that dead-lettered it recorded; `None` if it did not.
-fn original_position(msg: &BorrowedMessage<'_>) -> Option<(String, String, String)> {
+/// The message a letter holds: where it was read (topic, partition,
+/// offset), as the consumer that dead-lettered it recorded, and its event
+/// id if it has one (a topic recreated meanwhile reuses positions);
+/// `None` if the position was not recorded.
+fn original(msg: &BorrowedMessage<'_>, event: Option<&ReceivedEvent>) -> Option<[String; 4]> {
     let header = |name| newest_header(msg, name);
-    Some((header("dlq_original_topic")?, header("dlq_original_partition")?, header("dlq_original_offset")?))
+    let id = event.map(|e| e.event_id.to_string()).unwrap_or_default();
+    Some([header("dlq_original_topic")?, header("dlq_original_partition")?, header("dlq_original_offset")?, id])
 }
 
 fn envelope(msg: &BorrowedMessage<'_>) -> Option<ReceivedEvent> {
