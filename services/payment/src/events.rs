@@ -142,6 +142,8 @@ impl SagaHandler {
             // Both providers down: retry later; if that never works the order times out.
             Err(ProviderError::Unavailable) => Err(HandlerError::Retryable("no payment provider available".into())),
             // The retry asks that provider what it did (`earlier_capture`) before anything else.
+            // Charges are routed to configured providers only (RouteError::UnknownProvider).
+            Err(e @ ProviderError::NotConfigured(_)) => Err(HandlerError::Retryable(e.to_string())),
             Err(ProviderError::NoAnswer) => Err(HandlerError::Retryable(format!(
                 "provider {} did not answer whether it charged order {key}",
                 routed.provider
@@ -319,8 +321,13 @@ impl Refunds<'_> {
                 );
                 Ok(())
             }
-            Err(ProviderError::Declined(why)) => {
-                let why = format!("refund refused: {why}");
+            // Owed, and asked about hourly as a refusal is: only a person can
+            // put the provider back in the configuration.
+            Err(refused @ (ProviderError::Declined(_) | ProviderError::NotConfigured(_))) => {
+                let why = match refused {
+                    ProviderError::Declined(why) => format!("refund refused: {why}"),
+                    other => format!("refund not sent: {other}"),
+                };
                 store::defer_refund(tx, payment, &why, REFUSED_REFUND_RETRY).await?;
                 metrics::counter!("payment_refunds_refused_total", "provider" => payment.provider.clone()).increment(1);
                 tracing::error!(order_id = %payment.order_id, payment_id = %payment.id, error = %why,

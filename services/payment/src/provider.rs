@@ -39,6 +39,11 @@ pub enum ProviderError {
     /// over on this; ask the same provider again later (`find_charge`).
     #[error("provider did not answer")]
     NoAnswer,
+    /// A payment names a provider this process does not have (renamed, or
+    /// missing on one replica): a configuration fault for a person, which no
+    /// other provider can answer for.
+    #[error("provider {0:?} is not configured")]
+    NotConfigured(String),
 }
 
 #[async_trait::async_trait]
@@ -401,13 +406,13 @@ impl Router {
         self
     }
 
-    /// `call`'s answer, or `silent` if none came within `call_timeout`.
+    /// `call`'s answer, or `NoAnswer` if none came within `call_timeout`:
+    /// the request may have been taken.
     async fn within_timeout<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
-        silent: ProviderError,
     ) -> Result<T, ProviderError> {
-        tokio::time::timeout(self.call_timeout, call).await.unwrap_or(Err(silent))
+        tokio::time::timeout(self.call_timeout, call).await.unwrap_or(Err(ProviderError::NoAnswer))
     }
 
     /// The built-in test providers with the real clock, their books in
@@ -478,8 +483,7 @@ impl Router {
     ) -> Result<Routed<Charge>, sqlx::Error> {
         journal.before_charge(provider.name()).await?;
         // Unanswered, not refused: the charge may still land.
-        let outcome =
-            self.within_timeout(provider.charge(idempotency_key, token, amount), ProviderError::NoAnswer).await;
+        let outcome = self.within_timeout(provider.charge(idempotency_key, token, amount)).await;
         if Arc::ptr_eq(provider, &self.primary) {
             {
                 let mut breaker = self.breaker.lock().expect("breaker poisoned");
@@ -487,6 +491,8 @@ impl Router {
                     // A decline means the provider is up and working.
                     Ok(_) | Err(ProviderError::Declined(_)) => breaker.on_success(),
                     Err(ProviderError::Unavailable | ProviderError::NoAnswer) => breaker.on_failure(self.clock.now()),
+                    // Not an answer from it (charges name no provider to be routed).
+                    Err(ProviderError::NotConfigured(_)) => {}
                 }
             }
             self.record_state();
@@ -498,25 +504,25 @@ impl Router {
     /// The capture `provider` holds under `idempotency_key`, if any.
     pub async fn find_charge(&self, provider: &str, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
         let target = self.provider(provider)?;
-        self.within_timeout(target.find_charge(idempotency_key), ProviderError::NoAnswer).await
+        self.within_timeout(target.find_charge(idempotency_key)).await
     }
 
     pub async fn refund(&self, provider: &str, provider_reference: &str, amount: &Money) -> Result<(), ProviderError> {
         let target = self.provider(provider)?;
-        let outcome = self.within_timeout(target.refund(provider_reference, amount), ProviderError::NoAnswer).await;
+        let outcome = self.within_timeout(target.refund(provider_reference, amount)).await;
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!("payment_refunds_total", "provider" => target.name().to_owned(), "outcome" => label)
             .increment(1);
         outcome
     }
 
-    /// `name`'s provider. One this process does not have (renamed, or not
-    /// configured on this replica) cannot answer for its charges: asking
-    /// another would take "holds nothing" for an answer and keep the money.
+    /// `name`'s provider. One this process does not have cannot answer for
+    /// its charges: asking another would take "holds nothing" for an
+    /// answer and keep the money.
     fn provider(&self, name: &str) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
         self.named(name).ok_or_else(|| {
             tracing::error!(provider = name, "a payment names a provider that is not configured");
-            ProviderError::Unavailable
+            ProviderError::NotConfigured(name.to_owned())
         })
     }
 
@@ -536,6 +542,7 @@ fn count(provider: &str, outcome: &Result<Charge, ProviderError>) {
         Err(ProviderError::Declined(_)) => "declined",
         Err(ProviderError::Unavailable) => "unavailable",
         Err(ProviderError::NoAnswer) => "no_answer",
+        Err(ProviderError::NotConfigured(_)) => "not_configured",
     };
     metrics::counter!("payment_charges_total", "provider" => provider.to_owned(), "outcome" => label).increment(1);
 }
@@ -876,13 +883,19 @@ mod tests {
     async fn a_provider_that_hangs_counts_as_unanswered_and_is_not_failed_over() {
         let router = over_the_test_secondary(Arc::new(Hanging)).with_call_timeout(Duration::from_millis(50));
         let journal = Journal::default();
-        let routed = router.charge("o1", "tok_visa", &usd(100), None, &journal).await.unwrap();
+        // Bounded here too, so a router that waits forever fails the test instead of hanging it.
+        let within =
+            |call| async move { tokio::time::timeout(Duration::from_secs(5), call).await.expect("a call hung") };
+        let routed = within(router.charge("o1", "tok_visa", &usd(100), None, &journal)).await.unwrap();
         // It may yet charge: the secondary is not asked, the primary not marked refused.
         assert_eq!((routed.provider.as_str(), routed.outcome), (PRIMARY, Err(ProviderError::NoAnswer)));
         assert_eq!(*journal.asked.lock().unwrap(), vec![PRIMARY.to_owned()]);
         assert!(journal.refused.lock().unwrap().is_empty());
-        assert_eq!(router.find_charge(PRIMARY, "o1").await, Err(ProviderError::NoAnswer));
-        assert_eq!(router.refund(PRIMARY, "primary_ch_o1", &usd(100)).await, Err(ProviderError::NoAnswer));
+        let found = tokio::time::timeout(Duration::from_secs(5), router.find_charge(PRIMARY, "o1")).await;
+        assert_eq!(found.expect("a lookup hung"), Err(ProviderError::NoAnswer));
+        let refunded =
+            tokio::time::timeout(Duration::from_secs(5), router.refund(PRIMARY, "primary_ch_o1", &usd(100))).await;
+        assert_eq!(refunded.expect("a refund hung"), Err(ProviderError::NoAnswer));
     }
 
     #[tokio::test]
@@ -890,8 +903,9 @@ mod tests {
         let primary = Arc::new(Flaky { down: false.into(), calls: AtomicU64::new(0) });
         let router = over_the_test_secondary(primary.clone());
         // Not "holds nothing" from the primary, which would let the money be kept.
-        assert_eq!(router.find_charge("stripe-eu", "o1").await, Err(ProviderError::Unavailable));
-        assert_eq!(router.refund("stripe-eu", "ch_1", &usd(100)).await, Err(ProviderError::Unavailable));
+        let not_configured = Err(ProviderError::NotConfigured("stripe-eu".into()));
+        assert_eq!(router.find_charge("stripe-eu", "o1").await, not_configured);
+        assert_eq!(router.refund("stripe-eu", "ch_1", &usd(100)).await, not_configured.map(|_: Option<Charge>| ()));
         assert_eq!(primary.calls.load(Ordering::SeqCst), 0);
     }
 }
