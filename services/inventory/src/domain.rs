@@ -324,6 +324,9 @@ pub enum ReleaseStep {
     RefuseCommitted,
     /// An admin's release of a checkout's reservation: nothing moves.
     RefuseCheckout,
+    /// An admin's release of an order inventory has not seen: nothing is
+    /// written (a checkout's tombstone is the saga's alone to leave).
+    NotFound,
 }
 
 pub fn release_step(current: Option<ReservationStatus>, mode: ReleaseMode) -> ReleaseStep {

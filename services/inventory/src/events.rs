@@ -149,7 +149,7 @@ impl SagaHandler {
             let confirmed: ev::OrderConfirmed = c.event.payload()?;
             orders.push((order_id(&confirmed.order_id)?, &c.span));
         }
-        let outcomes = self.store.commit_all_in(tx, &orders).await?;
+        let outcomes = self.store.commit_all_in(tx, &orders, Actor::Checkout).await?;
         for ((order_id, _), outcome) in orders.iter().zip(&outcomes) {
             committed_or_error(*order_id, outcome)?;
         }

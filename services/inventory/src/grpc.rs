@@ -160,10 +160,13 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             ReleaseStep::RefuseCommitted => {
                 return Err(Status::failed_precondition("reservation is committed: its stock has shipped"));
             }
-            ReleaseStep::RefuseCheckout => return Err(belongs_to_checkout()),
+            ReleaseStep::RefuseCheckout => {
+                return Err(belongs_to_checkout("cancel the order to release its stock"));
+            }
+            ReleaseStep::NotFound => return Err(Status::not_found("no reservation for this order")),
             _ => {}
         }
-        Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(outcome.reservation.into()) }))
+        Ok(Response::new(pb::ReleaseReservationResponse { reservation: outcome.reservation.map(Into::into) }))
     }
 
     async fn commit_reservation(
@@ -175,7 +178,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let outcome = self.store.commit(order_id, Actor::Admin).await.map_err(db_error)?;
         let reservation = match (outcome.step, outcome.reservation) {
             (CommitStep::Commit | CommitStep::AlreadyCommitted, Some(r)) => r,
-            (CommitStep::RefuseCheckout, _) => return Err(belongs_to_checkout()),
+            (CommitStep::RefuseCheckout, _) => {
+                return Err(belongs_to_checkout("it is committed when the order is confirmed"));
+            }
             (CommitStep::Refuse(status), _) => {
                 return Err(Status::failed_precondition(format!(
                     "reservation is {}; only RESERVED can be committed",
@@ -189,10 +194,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
 }
 
 /// An admin's release or commit of a reservation an order's checkout made.
-fn belongs_to_checkout() -> Status {
-    Status::failed_precondition(
-        "reservation belongs to an order's checkout, which settles it: cancel the order to release its stock",
-    )
+fn belongs_to_checkout(instead: &str) -> Status {
+    Status::failed_precondition(format!("reservation belongs to an order's checkout, which settles it: {instead}"))
 }
 
 #[cfg(test)]

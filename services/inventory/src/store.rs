@@ -57,11 +57,12 @@ pub enum SetStockError {
     Db(#[from] sqlx::Error),
 }
 
-/// What a release did and the reservation after it.
+/// What a release did and the reservation after it; `reservation` is
+/// `None` only for `ReleaseStep::NotFound`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseOutcome {
     pub step: ReleaseStep,
-    pub reservation: Reservation,
+    pub reservation: Option<Reservation>,
 }
 
 /// What a commit did; `reservation` is `None` only for `CommitStep::NotFound`.
@@ -270,7 +271,9 @@ impl Store {
 
     /// Returns a reservation's units; see [`domain::release_step`] for each
     /// status. Emits StockReleased only when units actually moved. An
-    /// admin's release of a checkout's reservation moves nothing.
+    /// admin's release of a checkout's reservation moves nothing, and of an
+    /// order inventory has not seen leaves no tombstone: the order's
+    /// checkout, still on its way, would find it and reserve nothing.
     pub async fn release_in(
         &self,
         conn: &mut PgConnection,
@@ -282,9 +285,11 @@ impl Store {
         let current = load_reservation(conn, order_id).await?;
         let step = match &current {
             Some(r) if !actor.may_settle(r) => ReleaseStep::RefuseCheckout,
+            None if actor == Actor::Admin => ReleaseStep::NotFound,
             _ => domain::release_step(current.as_ref().map(|r| r.status), mode),
         };
         let reservation = match current {
+            None if step == ReleaseStep::NotFound => None,
             None => {
                 let tombstone = Reservation {
                     order_id,
@@ -294,7 +299,7 @@ impl Store {
                     by_checkout: actor == Actor::Checkout,
                 };
                 insert_reservations(conn, std::slice::from_ref(&tombstone)).await?;
-                tombstone
+                Some(tombstone)
             }
             Some(mut r) if matches!(step, ReleaseStep::ReturnReserved | ReleaseStep::Restock) => {
                 let before = lock_stock(conn, &product_ids(&r.lines)).await?;
@@ -307,34 +312,32 @@ impl Store {
                 set_status(conn, &[order_id], ReservationStatus::Released).await?;
                 self.outbox.enqueue(conn, &ev::StockReleased { order_id: order_id.to_string() }).await?;
                 r.status = ReservationStatus::Released;
-                r
+                Some(r)
             }
-            // Settled, or committed and kept: nothing moves.
-            Some(r) => r,
+            // Settled, committed and kept, or not the actor's: nothing moves.
+            Some(r) => Some(r),
         };
         Ok(ReleaseOutcome { step, reservation })
     }
 
-    /// [`commit_in`](Self::commit_in) in a transaction of its own. An
-    /// admin's commit of a checkout's reservation moves nothing.
     pub async fn commit(&self, order_id: OrderId, actor: Actor) -> Result<CommitOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        lock_orders(&mut tx, &[order_id]).await?;
-        if let Some(r) = load_reservation(&mut tx, order_id).await?
-            && !actor.may_settle(&r)
-        {
-            return Ok(CommitOutcome { step: CommitStep::RefuseCheckout, reservation: Some(r) });
-        }
-        let outcome = self.commit_in(&mut tx, order_id).await?;
+        let outcome = self.commit_in(&mut tx, order_id, actor).await?;
         self.outbox.commit(tx).await?;
         Ok(outcome)
     }
 
     /// Turns held units into shipped ones: on_hand −= q, reserved −= q.
     /// Anything but RESERVED changes nothing; the caller decides what the
-    /// returned step means to it.
-    pub async fn commit_in(&self, conn: &mut PgConnection, order_id: OrderId) -> Result<CommitOutcome, sqlx::Error> {
-        let mut done = self.commit_all_in(conn, &[(order_id, &tracing::Span::current())]).await?;
+    /// returned step means to it. An admin's commit of a checkout's
+    /// reservation moves nothing.
+    pub async fn commit_in(
+        &self,
+        conn: &mut PgConnection,
+        order_id: OrderId,
+        actor: Actor,
+    ) -> Result<CommitOutcome, sqlx::Error> {
+        let mut done = self.commit_all_in(conn, &[(order_id, &tracing::Span::current())], actor).await?;
         Ok(done.remove(0))
     }
 
@@ -345,6 +348,7 @@ impl Store {
         &self,
         conn: &mut PgConnection,
         orders: &[(OrderId, &tracing::Span)],
+        actor: Actor,
     ) -> Result<Vec<CommitOutcome>, sqlx::Error> {
         let order_ids: Vec<OrderId> = orders.iter().map(|(id, _)| *id).collect();
         lock_orders(conn, &order_ids).await?;
@@ -353,7 +357,10 @@ impl Store {
         let (mut committed, mut committed_lines, mut committed_events) = (Vec::new(), Vec::new(), Vec::new());
         for &(order_id, span) in orders {
             let current = known.get_mut(&order_id);
-            let step = domain::commit_step(current.as_ref().map(|r| r.status));
+            let step = match &current {
+                Some(r) if !actor.may_settle(r) => CommitStep::RefuseCheckout,
+                _ => domain::commit_step(current.as_ref().map(|r| r.status)),
+            };
             let reservation = match (step, current) {
                 (CommitStep::Commit, Some(r)) => {
                     r.status = ReservationStatus::Committed;

@@ -144,6 +144,35 @@ async fn an_admin_reservation_outside_checkout_starts_no_payment() {
     assert!(outboxed::<ev::StockReservationFailed>(&pool).await.is_empty());
 }
 
+/// An admin settles their own reservations, never a checkout's: neither
+/// one already made (released under an order being paid for, its units
+/// would sell twice) nor one still on its way (a tombstone would leave the
+/// order's checkout nothing to reserve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_settles_only_reservations_made_outside_checkout() {
+    let env = TestEnv::new();
+    let (store, _pool) = store(&env).await;
+    let p = product();
+    set(&store, p, 10).await;
+    let paid_for = order();
+    checkout(&store, paid_for, &lines(&[(p, 2)])).await.unwrap();
+    let release = store.release(paid_for, ReleaseMode::KeepCommitted, Actor::Admin).await.unwrap();
+    assert_eq!(release.step, ReleaseStep::RefuseCheckout);
+    assert_eq!(store.commit(paid_for, Actor::Admin).await.unwrap().step, CommitStep::RefuseCheckout);
+    assert_eq!(level(&store, p).await, StockLevel { on_hand: 10, reserved: 2, low_stock_threshold: 5 });
+
+    let on_its_way = order();
+    let release = store.release(on_its_way, ReleaseMode::KeepCommitted, Actor::Admin).await.unwrap();
+    assert_eq!((release.step, release.reservation), (ReleaseStep::NotFound, None));
+    let reserved = checkout(&store, on_its_way, &lines(&[(p, 1)])).await.unwrap();
+    assert_eq!(reserved.status, ReservationStatus::Reserved, "no tombstone was left in its way");
+
+    let own = order();
+    store.reserve(own, &lines(&[(p, 3)])).await.unwrap();
+    assert_eq!(store.commit(own, Actor::Admin).await.unwrap().step, CommitStep::Commit);
+    assert_eq!(level(&store, p).await, StockLevel { on_hand: 7, reserved: 3, low_stock_threshold: 5 });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crossing_multi_line_reservations_do_not_deadlock() {
     let env = TestEnv::new();
@@ -233,7 +262,7 @@ async fn release_returns_stock_once_and_a_late_reserve_after_release_is_refused(
 
     let released = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(released.step, ReleaseStep::ReturnReserved);
-    assert_eq!(released.reservation.status, ReservationStatus::Released);
+    assert_eq!(released.reservation.unwrap().status, ReservationStatus::Released);
     assert_eq!(level(&store, p).await, StockLevel { on_hand: 10, reserved: 0, low_stock_threshold: 5 });
     let again = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(again.step, ReleaseStep::AlreadySettled);
@@ -244,7 +273,7 @@ async fn release_returns_stock_once_and_a_late_reserve_after_release_is_refused(
     let cancelled_early = order();
     let tomb = store.release(cancelled_early, ReleaseMode::RestockCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(tomb.step, ReleaseStep::Tombstone);
-    assert_eq!(tomb.reservation.status, ReservationStatus::Released);
+    assert_eq!(tomb.reservation.unwrap().status, ReservationStatus::Released);
     let late = checkout(&store, cancelled_early, &lines(&[(p, 1)])).await.unwrap();
     assert_eq!(late.status, ReservationStatus::Released);
     assert!(late.lines.is_empty());
@@ -272,7 +301,7 @@ async fn commit_ships_stock_and_cancelling_a_committed_order_restocks() {
     // Shipped stock isn't released by a plain release...
     let refused = store.release(o, ReleaseMode::KeepCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(refused.step, ReleaseStep::RefuseCommitted);
-    assert_eq!(refused.reservation.status, ReservationStatus::Committed);
+    assert_eq!(refused.reservation.unwrap().status, ReservationStatus::Committed);
     // ...but a cancelled confirmed order puts it back on hand.
     let restocked = store.release(o, ReleaseMode::RestockCommitted, Actor::Checkout).await.unwrap();
     assert_eq!(restocked.step, ReleaseStep::Restock);
@@ -402,7 +431,7 @@ async fn a_set_of_reservations_decides_each_order_in_turn() {
     let unknown = order();
     let mut tx = pool.begin().await.unwrap();
     let outcomes = store
-        .commit_all_in(&mut tx, &[(a, &span), (c, &span), (b, &span), (unknown, &span), (a, &span)])
+        .commit_all_in(&mut tx, &[(a, &span), (c, &span), (b, &span), (unknown, &span), (a, &span)], Actor::Checkout)
         .await
         .unwrap();
     tx.commit().await.unwrap();
