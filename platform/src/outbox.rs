@@ -237,6 +237,21 @@ impl StalledKeys {
     fn sent(&mut self, key: &(String, String)) {
         self.0.remove(key);
     }
+
+    /// Drops keys no pass has retried for a whole back-off past their time:
+    /// their rows are gone (an operator removed the one refused, say).
+    fn forget_idle(&mut self, now: tokio::time::Instant, max_backoff: Duration) {
+        self.0.retain(|_, (retry_at, _)| *retry_at + max_backoff > now);
+    }
+}
+
+/// What one pass publishes, and what it leaves.
+struct Chosen {
+    pending: Vec<PendingRow>,
+    /// Rows left for a later pass behind an earlier row of their key.
+    held: usize,
+    /// Whether the last batch read was full: more rows may be waiting.
+    full: bool,
 }
 
 struct PendingRow {
@@ -308,7 +323,11 @@ impl OutboxRelay {
                 }
                 match self.publish_batch_on(&mut lock, &mut stalled).await {
                     Ok(pass) => {
-                        backoff = Duration::ZERO;
+                        // A pass that only found rows waiting out their keys'
+                        // back-off keeps the relay's own back-off too.
+                        if pass.sent > 0 {
+                            backoff = Duration::ZERO;
+                        }
                         if pass.more_waiting() {
                             continue;
                         }
@@ -401,19 +420,20 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes up to one batch of unsent rows in order. Rows are marked
-    /// sent only after the broker acked them, and a row waits for the ack of
-    /// every earlier row with its topic and key: one that fails is retried
-    /// (after a back-off of its own, `stalled`) before anything after it on
-    /// that key goes out, so each aggregate's events arrive in the order they
-    /// were written. A batch whose rows all wait is read past, up to
-    /// `WINDOWS_PER_PASS` batches. Fails only when the pass published nothing.
-    async fn publish_batch_on(&self, conn: &mut PgConnection, stalled: &mut StalledKeys) -> anyhow::Result<Pass> {
-        let now = tokio::time::Instant::now();
+    /// The oldest unsent row of each key that may go now, reading up to
+    /// `windows` batches of unsent rows until one offers any: a row waits
+    /// behind an earlier row of its key, or while its key is `stalled`.
+    async fn choose_rows(
+        &self,
+        conn: &mut PgConnection,
+        stalled: &StalledKeys,
+        now: tokio::time::Instant,
+        windows: usize,
+    ) -> Result<Chosen, sqlx::Error> {
         let mut keys_in_pass = HashSet::new();
-        let (mut held, mut full, mut after) = (0, false, 0i64);
-        let mut pending: Vec<PendingRow> = Vec::new();
-        for _ in 0..WINDOWS_PER_PASS {
+        let mut chosen = Chosen { pending: Vec::new(), held: 0, full: false };
+        let mut after = 0i64;
+        for _ in 0..windows {
             let rows = sqlx::query(
                 "SELECT seq, topic, event_key, envelope, event_type, event_id, trace_headers
                  FROM outbox WHERE published_at IS NULL AND seq > $2 ORDER BY seq LIMIT $1",
@@ -422,18 +442,17 @@ impl OutboxRelay {
             .bind(after)
             .fetch_all(&mut *conn)
             .await?;
-            full = rows.len() as i64 == self.config.batch_size;
+            chosen.full = rows.len() as i64 == self.config.batch_size;
             let Some(last) = rows.last() else { break };
             after = last.get("seq");
             for r in rows {
                 let key = (r.get::<String, _>("topic"), r.get::<String, _>("event_key"));
-                // Behind an earlier row of its key, in this pass or waiting out its back-off.
                 if !keys_in_pass.insert(key.clone()) || stalled.waiting(&key, now) {
-                    held += 1;
+                    chosen.held += 1;
                     continue;
                 }
                 let trace: serde_json::Value = r.get("trace_headers");
-                pending.push(PendingRow {
+                chosen.pending.push(PendingRow {
                     seq: r.get("seq"),
                     topic: key.0,
                     key: key.1,
@@ -443,10 +462,34 @@ impl OutboxRelay {
                     trace: serde_json::from_value(trace).unwrap_or_default(),
                 });
             }
-            if !pending.is_empty() || !full {
+            if !chosen.pending.is_empty() || !chosen.full {
                 break;
             }
         }
+        Ok(chosen)
+    }
+
+    /// Publishes up to one batch of unsent rows in order. Rows are marked
+    /// sent only after the broker acked them, and a row waits for the ack of
+    /// every earlier row with its topic and key: one that fails is retried
+    /// (after a back-off of its own, `stalled`) before anything after it on
+    /// that key goes out, so each aggregate's events arrive in the order they
+    /// were written. Fails only when the pass published nothing.
+    async fn publish_batch_on(&self, conn: &mut PgConnection, stalled: &mut StalledKeys) -> anyhow::Result<Pass> {
+        let now = tokio::time::Instant::now();
+        stalled.forget_idle(now, self.config.max_backoff);
+        let mut chosen = self.choose_rows(&mut *conn, stalled, now, 1).await?;
+        if chosen.pending.is_empty() && chosen.full {
+            // Every row of the oldest batch waits: read past it. Later
+            // batches are read in the first one's snapshot: a key's row
+            // committed since could otherwise be seen while an earlier row
+            // of that key, committed in between, was not.
+            let mut snapshot =
+                sqlx::Connection::begin_with(&mut *conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+            chosen = self.choose_rows(&mut snapshot, stalled, now, WINDOWS_PER_PASS).await?;
+            snapshot.commit().await?;
+        }
+        let Chosen { pending, held, full } = chosen;
         if pending.is_empty() {
             return Ok(Pass { sent: 0, held, full });
         }
