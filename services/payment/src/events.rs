@@ -309,7 +309,9 @@ impl Refunds<'_> {
                 tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");
                 Ok(())
             }
-            Err(e @ (ProviderError::Unavailable | ProviderError::NoAnswer)) => {
+            // Not configured here may be a replica behind the others: asked
+            // again as soon as an outage would be (the lookup logs an error).
+            Err(e @ (ProviderError::Unavailable | ProviderError::NoAnswer | ProviderError::NotConfigured(_))) => {
                 let failures = u32::try_from(payment.refund_attempts).unwrap_or(0).saturating_add(1);
                 let retry_in = domain::refund_retry_delay(failures, self.first_retry);
                 store::defer_refund(tx, payment, &e.to_string(), retry_in).await?;
@@ -321,13 +323,8 @@ impl Refunds<'_> {
                 );
                 Ok(())
             }
-            // Owed, and asked about hourly as a refusal is: only a person can
-            // put the provider back in the configuration.
-            Err(refused @ (ProviderError::Declined(_) | ProviderError::NotConfigured(_))) => {
-                let why = match refused {
-                    ProviderError::Declined(why) => format!("refund refused: {why}"),
-                    other => format!("refund not sent: {other}"),
-                };
+            Err(ProviderError::Declined(why)) => {
+                let why = format!("refund refused: {why}");
                 store::defer_refund(tx, payment, &why, REFUSED_REFUND_RETRY).await?;
                 metrics::counter!("payment_refunds_refused_total", "provider" => payment.provider.clone()).increment(1);
                 tracing::error!(order_id = %payment.order_id, payment_id = %payment.id, error = %why,
