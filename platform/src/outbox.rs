@@ -579,7 +579,7 @@ impl OutboxRelay {
             metrics::counter!("outbox_publish_failures_total", "service" => self.service.clone()).increment(1);
             let unsent = pending.len() - sent.len();
             // One row that keeps failing must not slow everything else down
-            // to the relay's backoff; it is retried on every pass meanwhile.
+            // to the relay's backoff: its key waits out its own (`stalled`).
             if sent.is_empty() {
                 anyhow::bail!("{unsent} of {} events not published: {e}", pending.len());
             }
