@@ -22,6 +22,9 @@ use crate::kafka::{Kafka, Pace, topics};
 use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
 
+/// The `type` label of a message whose payload is not an event envelope.
+pub const UNDECODABLE: &str = "undecodable";
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// The database is unreachable or overloaded: nothing is wrong with the
@@ -309,7 +312,7 @@ impl EventConsumer {
         if wanted.is_empty() {
             // Another service's events on a shared topic: no transaction to open.
             for event in &events {
-                self.count(event, &Outcome::Skipped, Duration::ZERO);
+                self.count(event.event_type(), &Outcome::Skipped, Duration::ZERO);
             }
             return Ok(());
         }
@@ -372,7 +375,7 @@ impl EventConsumer {
             self.handler.after_commit(pool, &applied).await;
         }
         for (event, outcome, elapsed) in outcomes {
-            self.count(event, &outcome, elapsed);
+            self.count(event.event_type(), &outcome, elapsed);
         }
         Ok(())
     }
@@ -399,7 +402,8 @@ impl EventConsumer {
         span
     }
 
-    fn count(&self, event: &ReceivedEvent, outcome: &Outcome, elapsed: Duration) {
+    /// Counts one message by its event type (`UNDECODABLE` when it has none).
+    fn count(&self, event_type: &str, outcome: &Outcome, elapsed: Duration) {
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
@@ -407,7 +411,7 @@ impl EventConsumer {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Interrupted => "interrupted",
         };
-        metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "type" => event.event_type().to_owned(), "outcome" => label).increment(1);
+        metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "type" => event_type.to_owned(), "outcome" => label).increment(1);
         if !matches!(outcome, Outcome::Skipped) {
             metrics::histogram!("event_handling_seconds", "consumer" => self.name.clone())
                 .record(elapsed.as_secs_f64());
@@ -426,16 +430,20 @@ impl EventConsumer {
         let payload = msg.payload().unwrap_or_default();
         let event = match ReceivedEvent::decode_envelope(payload, msg.topic(), msg.partition(), msg.offset()) {
             Ok(e) => e,
-            Err(e) => return self.dead_letter(kafka, msg, &e.to_string(), 1, shutdown).await,
+            Err(e) => {
+                let outcome = self.dead_letter(kafka, msg, &e.to_string(), 1, shutdown).await;
+                self.count(UNDECODABLE, &outcome, Duration::ZERO);
+                return outcome;
+            }
         };
         if !self.handler.wants(event.event_type()) {
-            self.count(&event, &Outcome::Skipped, Duration::ZERO);
+            self.count(event.event_type(), &Outcome::Skipped, Duration::ZERO);
             return Outcome::Skipped;
         }
         let span = self.consume_span(msg, &event);
         let started = Instant::now();
         let outcome = self.process_with_retries(pool, kafka, msg, &event, shutdown).instrument(span).await;
-        self.count(&event, &outcome, started.elapsed());
+        self.count(event.event_type(), &outcome, started.elapsed());
         outcome
     }
 

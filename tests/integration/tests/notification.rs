@@ -258,4 +258,10 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_error_and_counte
         .find(|l| l.starts_with("consumer_dead_lettered_total") && l.contains("consumer=\"notification\""))
         .unwrap_or_else(|| panic!("no dead-letter count in {metrics}"));
     assert!(counted.contains("topic=\"order-events\"") && counted.ends_with(" 3"), "{counted}");
+    // Each also by its type; the one that was no envelope has none.
+    let undecodable = metrics
+        .lines()
+        .find(|l| l.starts_with("events_consumed_total") && l.contains("type=\"undecodable\""))
+        .unwrap_or_else(|| panic!("no count of the undecodable message in {metrics}"));
+    assert!(undecodable.contains("outcome=\"dead_lettered\"") && undecodable.ends_with(" 1"), "{undecodable}");
 }
