@@ -314,9 +314,9 @@ pub enum ReleaseStep {
     /// COMMITTED → RELEASED: on_hand += q.
     Restock,
     /// Unknown order → RELEASED tombstone without lines, so a Reserve that
-    /// arrives after the release (redelivery, DLQ replay, admin racing the
-    /// saga) finds the order settled and reserves nothing — otherwise those
-    /// units would stay reserved for an order that no longer exists.
+    /// arrives after the saga's release (redelivery, DLQ replay) finds the
+    /// order settled and reserves nothing — otherwise those units would stay
+    /// reserved for an order that no longer exists.
     Tombstone,
     /// RELEASED or REJECTED: nothing to return.
     AlreadySettled,
