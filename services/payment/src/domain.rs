@@ -128,6 +128,14 @@ pub fn on_cancelled(existing: Option<PaymentStatus>) -> OnCancelled {
     }
 }
 
+/// The provider idempotency key of an order's refund. An order has one
+/// payment and is refunded in full, so the order names it; unlike the
+/// payment row's id, it is the same when a rolled-back transaction had
+/// recorded the payment it refunded.
+pub fn refund_key(order_id: uuid::Uuid) -> String {
+    format!("refund-{order_id}")
+}
+
 /// How long to wait before asking the provider again for a refund that has
 /// failed `attempts` times: doubling from `base`, at most an hour, so a long
 /// outage is retried for as long as it lasts without hammering anyone.

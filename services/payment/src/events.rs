@@ -303,7 +303,8 @@ impl Refunds<'_> {
     async fn attempt(&self, tx: &mut PgConnection, payment: &store::PaymentRow) -> Result<(), HandlerError> {
         let amount = store::amount(payment)
             .ok_or_else(|| HandlerError::Permanent(format!("payment {} has an unrefundable amount", payment.id)))?;
-        match self.router.refund(&payment.provider, &payment.provider_reference, &amount).await {
+        let key = domain::refund_key(payment.order_id);
+        match self.router.refund(&payment.provider, &key, &payment.provider_reference, &amount).await {
             Ok(()) => {
                 store::record_refund(tx, self.outbox, payment).await?;
                 tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, "payment refunded");

@@ -54,8 +54,16 @@ pub trait PaymentProvider: Send + Sync {
     /// first charge's result and never charges again.
     async fn charge(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Charge, ProviderError>;
 
-    /// Returns `amount` of the charge `provider_reference`. Idempotent.
-    async fn refund(&self, provider_reference: &str, amount: &Money) -> Result<(), ProviderError>;
+    /// Returns `amount` of the charge `provider_reference`. A repeated
+    /// `idempotency_key` returns the first refund's result and never
+    /// refunds twice (a transaction rolled back after the provider took the
+    /// refund asks again with the same key).
+    async fn refund(
+        &self,
+        idempotency_key: &str,
+        provider_reference: &str,
+        amount: &Money,
+    ) -> Result<(), ProviderError>;
 
     /// The capture made under `idempotency_key`, if any (Stripe: look the
     /// PaymentIntent up by its order metadata). Lets a retry or a
@@ -310,7 +318,8 @@ impl PaymentProvider for TestProvider {
         outcome
     }
 
-    async fn refund(&self, provider_reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+    async fn refund(&self, _key: &str, provider_reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+        // One refund per charge, so the charge names it as well as the key.
         // Books in memory don't survive our restarts: trust our own prefix.
         if !provider_reference.starts_with(&format!("{}_ch_", self.name)) {
             return Err(ProviderError::Declined("no_such_charge".into()));
@@ -507,9 +516,15 @@ impl Router {
         self.within_timeout(target.find_charge(idempotency_key)).await
     }
 
-    pub async fn refund(&self, provider: &str, provider_reference: &str, amount: &Money) -> Result<(), ProviderError> {
+    pub async fn refund(
+        &self,
+        provider: &str,
+        idempotency_key: &str,
+        provider_reference: &str,
+        amount: &Money,
+    ) -> Result<(), ProviderError> {
         let target = self.provider(provider)?;
-        let outcome = self.within_timeout(target.refund(provider_reference, amount)).await;
+        let outcome = self.within_timeout(target.refund(idempotency_key, provider_reference, amount)).await;
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!("payment_refunds_total", "provider" => target.name().to_owned(), "outcome" => label)
             .increment(1);
@@ -604,9 +619,9 @@ mod tests {
     async fn refund_accepts_only_own_references() {
         let p = TestProvider::primary();
         let charge = p.charge("o1", "tok_visa", &usd(100)).await.unwrap();
-        assert_eq!(p.refund(&charge.provider_reference, &usd(100)).await, Ok(()));
-        assert_eq!(p.refund(&charge.provider_reference, &usd(100)).await, Ok(()), "idempotent");
-        assert!(matches!(p.refund("secondary_ch_x", &usd(100)).await, Err(ProviderError::Declined(_))));
+        assert_eq!(p.refund("r1", &charge.provider_reference, &usd(100)).await, Ok(()));
+        assert_eq!(p.refund("r1", &charge.provider_reference, &usd(100)).await, Ok(()), "idempotent");
+        assert!(matches!(p.refund("r2", "secondary_ch_x", &usd(100)).await, Err(ProviderError::Declined(_))));
     }
 
     /// A clock the test moves by hand.
@@ -652,7 +667,7 @@ mod tests {
                 amount: usd(100),
             })
         }
-        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+        async fn refund(&self, _key: &str, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
             Ok(())
         }
         async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
@@ -789,7 +804,7 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Err(ProviderError::NoAnswer)
         }
-        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+        async fn refund(&self, _key: &str, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
             Ok(())
         }
         async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
@@ -871,7 +886,7 @@ mod tests {
         async fn charge(&self, _key: &str, _token: &str, _amount: &Money) -> Result<Charge, ProviderError> {
             std::future::pending().await
         }
-        async fn refund(&self, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
+        async fn refund(&self, _key: &str, _reference: &str, _amount: &Money) -> Result<(), ProviderError> {
             std::future::pending().await
         }
         async fn find_charge(&self, _key: &str) -> Result<Option<Charge>, ProviderError> {
@@ -894,7 +909,8 @@ mod tests {
         let found = tokio::time::timeout(Duration::from_secs(5), router.find_charge(PRIMARY, "o1")).await;
         assert_eq!(found.expect("a lookup hung"), Err(ProviderError::NoAnswer));
         let refunded =
-            tokio::time::timeout(Duration::from_secs(5), router.refund(PRIMARY, "primary_ch_o1", &usd(100))).await;
+            tokio::time::timeout(Duration::from_secs(5), router.refund(PRIMARY, "r1", "primary_ch_o1", &usd(100)))
+                .await;
         assert_eq!(refunded.expect("a refund hung"), Err(ProviderError::NoAnswer));
     }
 
@@ -905,7 +921,10 @@ mod tests {
         // Not "holds nothing" from the primary, which would let the money be kept.
         let not_configured = Err(ProviderError::NotConfigured("stripe-eu".into()));
         assert_eq!(router.find_charge("stripe-eu", "o1").await, not_configured);
-        assert_eq!(router.refund("stripe-eu", "ch_1", &usd(100)).await, not_configured.map(|_: Option<Charge>| ()));
+        assert_eq!(
+            router.refund("stripe-eu", "r1", "ch_1", &usd(100)).await,
+            not_configured.map(|_: Option<Charge>| ())
+        );
         assert_eq!(primary.calls.load(Ordering::SeqCst), 0);
     }
 }

@@ -37,6 +37,8 @@ struct SwitchablePrimary {
     inner: TestProvider,
     down: AtomicBool,
     silent: AtomicBool,
+    /// The idempotency key of every refund asked of it, in order.
+    refund_keys: std::sync::Mutex<Vec<String>>,
 }
 
 #[async_trait::async_trait]
@@ -58,11 +60,17 @@ impl PaymentProvider for SwitchablePrimary {
         }
         self.inner.charge(key, token, amount).await
     }
-    async fn refund(&self, reference: &str, amount: &shopmesh_platform::money::Money) -> Result<(), ProviderError> {
+    async fn refund(
+        &self,
+        key: &str,
+        reference: &str,
+        amount: &shopmesh_platform::money::Money,
+    ) -> Result<(), ProviderError> {
+        self.refund_keys.lock().unwrap().push(key.to_owned());
         if self.down.load(Ordering::SeqCst) {
             return Err(ProviderError::Unavailable);
         }
-        self.inner.refund(reference, amount).await
+        self.inner.refund(key, reference, amount).await
     }
     async fn find_charge(&self, key: &str) -> Result<Option<Charge>, ProviderError> {
         if self.down.load(Ordering::SeqCst) {
@@ -88,6 +96,7 @@ async fn harness() -> Harness {
         inner: TestProvider::primary(),
         down: AtomicBool::new(false),
         silent: AtomicBool::new(false),
+        refund_keys: Default::default(),
     });
     let secondary = Arc::new(TestProvider::secondary());
     let router = Router::new(primary.clone(), secondary.clone(), BreakerConfig::default(), Arc::new(SystemClock));
@@ -318,6 +327,9 @@ async fn a_refund_the_provider_cannot_take_is_owed_and_retried_until_it_goes_thr
     let refunded = h.published::<PaymentRefunded>().await;
     assert_eq!(refunded.len(), 1);
     assert_eq!(refunded[0].amount.as_ref().unwrap().amount_minor, 4100);
+    // Asked three times, always under the order's one refund key: a provider
+    // that took an earlier request returns it instead of refunding again.
+    assert_eq!(*h.primary.refund_keys.lock().unwrap(), vec![format!("refund-{order}"); 3]);
 
     // Nothing is owed any more, and a later cancellation refunds nothing.
     h.make_refund_due(order).await;
