@@ -234,8 +234,11 @@ impl StalledKeys {
         self.0.insert(key, (tokio::time::Instant::now() + backoff, failures));
     }
 
-    fn sent(&mut self, key: &(String, String)) {
-        self.0.remove(key);
+    fn sent(&mut self, topic: &str, key: &str) {
+        // Nearly always empty: no key built for it then.
+        if !self.0.is_empty() {
+            self.0.remove(&(topic.to_owned(), key.to_owned()));
+        }
     }
 
     /// Drops keys no pass has retried for a whole back-off past their time:
@@ -525,35 +528,30 @@ impl OutboxRelay {
             );
             let record = FutureRecord::to(&topic).key(&row.key).payload(&row.envelope).headers(headers);
             match producer.enqueue(record) {
-                Ok(delivery) => deliveries.push((row.seq, delivery, span)),
+                Ok(delivery) => deliveries.push((row, delivery, span)),
                 // A full local queue refuses what follows too: stop here.
                 Err(e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     enqueue_error = Some(e);
                     break;
                 }
                 // Refused for itself (too large, say): the other keys can go.
-                Err(e) => failed.push((row.seq, e)),
+                Err(e) => failed.push((row, e)),
             }
         }
         let mut sent = Vec::new();
-        for (seq, delivery, span) in deliveries {
+        for (row, delivery, span) in deliveries {
             // The span ends when the broker acknowledged (or refused) the event.
             let _span = span;
             match delivery.await {
-                Ok(()) => sent.push(seq),
-                Err(e) => failed.push((seq, e)),
+                Ok(()) => {
+                    stalled.sent(&row.topic, &row.key);
+                    sent.push(row.seq);
+                }
+                Err(e) => failed.push((row, e)),
             }
         }
-        let key_of = |seq: i64| pending.iter().find(|r| r.seq == seq).map(|r| (r.topic.clone(), r.key.clone()));
-        for &seq in &sent {
-            if let Some(key) = key_of(seq) {
-                stalled.sent(&key);
-            }
-        }
-        for (seq, _) in &failed {
-            if let Some(key) = key_of(*seq) {
-                stalled.failed(key, self.config.max_backoff);
-            }
+        for (row, _) in &failed {
+            stalled.failed((row.topic.clone(), row.key.clone()), self.config.max_backoff);
         }
         if !sent.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now(), last_error = NULL WHERE seq = ANY($1)")
@@ -562,9 +560,9 @@ impl OutboxRelay {
                 .await?;
             metrics::counter!("outbox_published_total", "service" => self.service.clone()).increment(sent.len() as u64);
         }
-        for (seq, error) in &failed {
+        for (row, error) in &failed {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1")
-                .bind(seq)
+                .bind(row.seq)
                 .bind(error.to_string())
                 .execute(&mut *conn)
                 .await?;
