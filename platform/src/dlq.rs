@@ -117,10 +117,10 @@ pub async fn replay(kafka: &Kafka, logical_topic: &str, only_consumer: Option<&s
                 None
             } else {
                 done.replayed += 1;
-                let original = newest_header(msg, "dlq_original_topic").unwrap_or_else(|| default_topic.clone());
+                let to_topic = newest_header(msg, "dlq_original_topic").unwrap_or_else(|| default_topic.clone());
                 // Copied without reading their names (see `newest_header`).
                 let headers = msg.headers().map(|h| h.detach());
-                Some((original, msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec(), headers))
+                Some((to_topic, msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec(), headers))
             };
             async move {
                 if let Some((topic, key, payload, headers)) = send {

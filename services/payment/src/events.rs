@@ -141,9 +141,9 @@ impl SagaHandler {
             Err(ProviderError::Declined(reason)) => Ok(Outcome::Declined { provider: routed.provider, reason }),
             // Both providers down: retry later; if that never works the order times out.
             Err(ProviderError::Unavailable) => Err(HandlerError::Retryable("no payment provider available".into())),
-            // The retry asks that provider what it did (`earlier_capture`) before anything else.
             // Charges are routed to configured providers only (RouteError::UnknownProvider).
             Err(e @ ProviderError::NotConfigured(_)) => Err(HandlerError::Retryable(e.to_string())),
+            // The retry asks that provider what it did (`earlier_capture`) before anything else.
             Err(ProviderError::NoAnswer) => Err(HandlerError::Retryable(format!(
                 "provider {} did not answer whether it charged order {key}",
                 routed.provider
